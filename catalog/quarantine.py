@@ -1,0 +1,141 @@
+"""Instances held back from the index until someone reviews them (burned-in policy).
+
+A quarantined instance is stored (de-identified, durable) and has a row in
+``deid_quarantine`` only: it is in none of the tables the archive's queries read.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from catalog.attributes import InstanceRecord
+from catalog.db import Database
+from catalog.models import QuarantinedInstance, utcnow
+
+if TYPE_CHECKING:
+    from catalog.writer import StoredBlob
+
+
+class QuarantineOutcome(enum.Enum):
+    NEW = "new"
+    SAME = "same"  # the same bytes were already held: the new copy is obsolete
+    REPLACED = "replaced"  # different bytes under the same UID: the older copy is obsolete
+
+
+@dataclass(frozen=True)
+class QuarantineResult:
+    outcome: QuarantineOutcome
+    obsolete_blob_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Held:
+    """One quarantined instance, as the review commands list it (no PHI: stored UIDs)."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str
+    modality: str | None
+    reason: str
+    method: str | None
+    blob_key: str
+    size: int
+    received_at: str
+
+
+def hold(
+    db: Database,
+    record: InstanceRecord,
+    blob: StoredBlob,
+    *,
+    reason: str,
+    door: str,
+    aet: str | None,
+) -> QuarantineResult:
+    """Record ``record`` (stored as ``blob``) as quarantined; one transaction."""
+    values = {
+        "sop_instance_uid": record.instance.sop_instance_uid,
+        "sop_class_uid": record.instance.sop_class_uid,
+        "study_instance_uid": record.study.study_instance_uid,
+        "modality": record.series.modality,
+        "reason": reason[:256],
+        "deid_method": record.instance.deid_method,
+        "blob_key": blob.key,
+        "sha256": blob.sha256,
+        "size": blob.size,
+        "source_door": door,
+        "source_aet": aet,
+        "received_at": utcnow(),
+    }
+    with db.write() as session:
+        connection = session.connection()
+        dialect_insert = sqlite_insert if connection.dialect.name == "sqlite" else pg_insert
+        inserted = connection.execute(
+            dialect_insert(QuarantinedInstance)
+            .values(**values)
+            .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
+            .returning(QuarantinedInstance.id)
+        ).scalar_one_or_none()
+        if inserted is not None:
+            return QuarantineResult(QuarantineOutcome.NEW)
+        existing = connection.execute(
+            select(QuarantinedInstance.blob_key, QuarantinedInstance.sha256)
+            .where(QuarantinedInstance.sop_instance_uid == values["sop_instance_uid"])
+            .with_for_update()
+        ).one()
+        if existing.sha256 == blob.sha256:
+            return QuarantineResult(QuarantineOutcome.SAME, obsolete_blob_key=blob.key)
+        connection.execute(
+            update(QuarantinedInstance)
+            .where(QuarantinedInstance.sop_instance_uid == values["sop_instance_uid"])
+            .values(**values)
+        )
+        return QuarantineResult(QuarantineOutcome.REPLACED, obsolete_blob_key=existing.blob_key)
+
+
+def held(db: Database) -> list[Held]:
+    """Every quarantined instance, oldest first."""
+    with db.read() as session:
+        rows = session.scalars(select(QuarantinedInstance).order_by(QuarantinedInstance.id)).all()
+        return [_held(r) for r in rows]
+
+
+def forget(db: Database, sop_instance_uid: str) -> None:
+    """Drop the quarantine row (after the instance was indexed or its blob removed)."""
+    with db.write() as session:
+        session.execute(
+            delete(QuarantinedInstance).where(
+                QuarantinedInstance.sop_instance_uid == sop_instance_uid
+            )
+        )
+
+
+def find_held(db: Database, sop_instance_uid: str) -> Held | None:
+    """The quarantined instance with this (stored) SOP Instance UID, if any."""
+    with db.read() as session:
+        row = session.scalars(
+            select(QuarantinedInstance).where(
+                QuarantinedInstance.sop_instance_uid == sop_instance_uid
+            )
+        ).one_or_none()
+        return _held(row) if row is not None else None
+
+
+def _held(r: QuarantinedInstance) -> Held:
+    return Held(
+        r.sop_instance_uid,
+        r.sop_class_uid,
+        r.study_instance_uid,
+        r.modality,
+        r.reason,
+        r.deid_method,
+        r.blob_key,
+        r.size,
+        r.received_at.isoformat(),
+    )

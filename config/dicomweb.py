@@ -1,0 +1,76 @@
+"""Settings of the DICOMweb door (section ``[dicomweb]``, environment ``PACSNODE_DICOMWEB__*``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field, field_validator
+
+
+class DicomwebSettings(BaseModel):
+    """QIDO-RS / WADO-RS / STOW-RS / WADO-URI and the bundled viewer."""
+
+    public_url: str | None = Field(
+        None,
+        description=(
+            "URL of the DICOMweb root as clients reach it (e.g. "
+            "https://pacs.example.org/dicom-web), used in RetrieveURL and BulkDataURI. "
+            "Empty: built from the request and, if trusted, its Forwarded/X-Forwarded-* headers."
+        ),
+    )
+    trust_forwarded_headers: bool = Field(
+        True,
+        description=(
+            "Build URLs from Forwarded / X-Forwarded-Proto/-Host/-Prefix headers set by a "
+            "reverse proxy (ignored when public_url is set)."
+        ),
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Other origins allowed to call DICOMweb from a browser (e.g. a separately hosted "
+            'OHIF), or ["*"]. The node\'s own viewer is same-origin and needs none.'
+        ),
+    )
+    max_results: int = Field(
+        1000,
+        ge=1,
+        description=(
+            "Most results one QIDO-RS answer returns; a larger or missing limit is capped "
+            "and the answer says more are available (Warning: 299)."
+        ),
+    )
+    max_stow_bytes: int = Field(
+        2_000_000_000,
+        ge=1,
+        description=(
+            "Largest STOW-RS request body accepted (it is held in memory, never spooled to "
+            "disk, because it holds data that is not yet de-identified)."
+        ),
+    )
+    gzip_min_bytes: int = Field(
+        1024,
+        ge=0,
+        description="JSON answers this large or larger are gzipped for clients accepting it.",
+    )
+    thumbnail_size: int = Field(
+        128, ge=16, le=1024, description="Longest side in pixels of /thumbnail images."
+    )
+    viewer: bool = Field(True, description="Serve the bundled OHIF viewer at /viewer.")
+    viewer_dir: Path | None = Field(
+        None,
+        description=(
+            "Folder of the prebuilt OHIF viewer (its dist/). Default: viewer/dist in the "
+            "source tree, filled by scripts/setup.sh."
+        ),
+    )
+
+    @field_validator("public_url")
+    @classmethod
+    def _strip_slash(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip().rstrip("/")
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("public_url must start with http:// or https://")
+        return value

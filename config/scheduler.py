@@ -1,0 +1,27 @@
+"""Settings of the node's job scheduler (apscheduler, job store in the catalog)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class SchedulerSettings(BaseModel):
+    """The scheduler that runs jobs such as the Orthanc sync (section ``[scheduler]``)."""
+
+    model_config = {"extra": "forbid"}
+
+    enabled: bool = Field(
+        default=True,
+        description=(
+            "Run scheduled jobs in this node. Turn off on nodes that share a catalog but "
+            "should never run jobs."
+        ),
+    )
+    lease_seconds: float = Field(
+        default=60.0,
+        ge=5,
+        description=(
+            "A run whose node has not renewed its lease for this long is taken for dead, so "
+            "another node may run the job."
+        ),
+    )

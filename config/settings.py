@@ -1,0 +1,195 @@
+"""The one typed settings object of a node.
+
+Values come, highest priority first, from explicit overrides (the CLI), ``PACSNODE_*``
+environment variables, a TOML config file, and the defaults below.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from config.aetitle import check_ae_title
+from config.deid import DeidSettings
+from config.dicomweb import DicomwebSettings
+from config.export import ExportSettings
+from config.labeling import LabelingSettings
+from config.orthanc_sync import OrthancSyncSettings
+from config.qr import QueryRetrieveSettings
+from config.scheduler import SchedulerSettings
+
+log = logging.getLogger(__name__)
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+class Settings(BaseSettings):
+    """Configuration of one pacsnode.
+
+    Every field can be set in the TOML file given with ``--config``, or through an
+    environment variable named ``PACSNODE_<FIELD>`` (for example ``PACSNODE_DICOM_PORT``).
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="PACSNODE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+        hide_input_in_errors=True,
+    )
+
+    data_dir: Path = Field(
+        Path("pacsnode-data"),
+        description="Folder holding the SQLite catalog, the blobs and the secrets.",
+    )
+    database_url: str | None = Field(
+        None,
+        description=(
+            "SQLAlchemy URL of the catalog, e.g. postgresql+psycopg://user@host/db. "
+            "Default: SQLite file catalog.sqlite in the data folder."
+        ),
+    )
+    sqlite_synchronous: Literal["NORMAL", "FULL"] = Field(
+        "FULL",
+        description=(
+            "SQLite WAL synchronous mode. FULL survives power loss for every acknowledged "
+            "instance; NORMAL survives a crash of the process but may lose the last "
+            "commits on power loss."
+        ),
+    )
+    blob_dir: Path | None = Field(
+        None, description="Folder of the filesystem blob store. Default: <data_dir>/blobs."
+    )
+    fsync: bool = Field(
+        True,
+        description="fsync each blob and its folder before acknowledging. Turn off only for tests.",
+    )
+
+    ae_title: str = Field("PACSNODE", description="DICOM Application Entity title of the node.")
+    dicom_host: str = Field(
+        "0.0.0.0",  # noqa: S104 - modalities are remote; the calling-AE allow-list guards it
+        description="Address the DICOM port listens on.",
+    )
+    dicom_port: int = Field(11112, ge=0, le=65535, description="DICOM (DIMSE) port.")
+    allowed_calling_aets: list[str] = Field(
+        default_factory=list,
+        description="Calling AE titles allowed to associate. Empty: any AE may associate.",
+    )
+    require_called_aet: bool = Field(
+        True,
+        description="Reject associations whose Called AE Title is not the node's ae_title.",
+    )
+    max_pdu_size: int = Field(
+        1_048_576,
+        ge=0,
+        description="Maximum PDU size the node advertises as a receiver (0 = unlimited).",
+    )
+    dimse_timeout: float = Field(60.0, gt=0, description="Seconds to wait for a DIMSE message.")
+    network_timeout: float = Field(60.0, gt=0, description="Seconds of network silence allowed.")
+    shutdown_grace: float = Field(
+        30.0, ge=0, description="Seconds to let running associations finish on shutdown."
+    )
+
+    http_host: str = Field("127.0.0.1", description="Address of the HTTP server.")
+    http_port: int = Field(8042, ge=0, le=65535, description="HTTP port (DICOMweb, API, /metrics).")
+    allow_remote_http: bool = Field(
+        False,
+        description=(
+            "Required to bind the HTTP server to a non-loopback address: until authentication "
+            "is configured, anyone who reaches the port can read the archive."
+        ),
+    )
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    qr: QueryRetrieveSettings = Field(default_factory=QueryRetrieveSettings)
+    orthanc_sync: OrthancSyncSettings = Field(default_factory=OrthancSyncSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    dicomweb: DicomwebSettings = Field(default_factory=lambda: DicomwebSettings.model_validate({}))
+    deid: DeidSettings = Field(default_factory=DeidSettings)
+    labeling: LabelingSettings = Field(default_factory=LabelingSettings)
+    export: ExportSettings = Field(default_factory=ExportSettings)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _check_ae_title(cls, value: str) -> str:
+        return check_ae_title(value)
+
+    @field_validator("allowed_calling_aets")
+    @classmethod
+    def _check_calling_aets(cls, values: list[str]) -> list[str]:
+        return [check_ae_title(v) for v in values]
+
+    @model_validator(mode="after")
+    def _refuse_open_http(self) -> Settings:
+        if self.http_host not in LOOPBACK_HOSTS and not self.allow_remote_http:
+            raise ValueError(
+                f"http_host {self.http_host!r} is not a loopback address; set "
+                "allow_remote_http = true (PACSNODE_ALLOW_REMOTE_HTTP=1 or --allow-remote-http) "
+                "to expose the HTTP server without authentication"
+            )
+        return self
+
+    @property
+    def catalog_url(self) -> str:
+        """The SQLAlchemy URL of the catalog database."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'catalog.sqlite').resolve()}"
+
+    @property
+    def blob_root(self) -> Path:
+        """The folder of the filesystem blob store."""
+        return self.blob_dir if self.blob_dir is not None else self.data_dir / "blobs"
+
+    @property
+    def secrets_root(self) -> Path:
+        """The folder of the node's secrets (HMAC key, vault key, admin token)."""
+        return self.deid.secrets_dir or self.data_dir / "secrets"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # TomlConfigSettingsSource reads nothing when model_config has no toml_file.
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message says which value and why."""
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings from ``config_file`` (TOML), the environment and ``overrides``.
+
+    ``overrides`` whose value is ``None`` are ignored, so CLI options left unset fall through
+    to the environment and the file.
+    """
+    explicit = {k: v for k, v in overrides.items() if v is not None}
+    settings_cls: type[Settings] = Settings
+    if config_file is not None:
+        if not config_file.is_file():
+            raise ConfigError(f"config file {config_file} does not exist")
+
+        class FileSettings(Settings):
+            model_config = SettingsConfigDict(toml_file=config_file)
+
+        settings_cls = FileSettings
+    try:
+        return settings_cls(**explicit)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
