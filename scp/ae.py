@@ -1,0 +1,129 @@
+"""The node's Application Entity: C-ECHO, C-STORE for every storage SOP class, and
+Query/Retrieve (C-FIND, C-MOVE, C-GET) in the Patient Root and Study Root models."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+from pynetdicom.transport import ThreadedAssociationServer
+
+from config import Settings
+from ingest import Ingestor
+from scp import find, handlers, retrieve
+
+log = logging.getLogger(__name__)
+
+EventHandler = (
+    tuple[evt.EventType, Callable[..., Any]] | tuple[evt.EventType, Callable[..., Any], list[Any]]
+)
+
+
+class DicomServer:
+    """The DIMSE side of a node: an AE listening on the configured port."""
+
+    def __init__(self, settings: Settings, ingestor: Ingestor) -> None:
+        # Retrieves read from the catalog and the blob store the ingest pipeline writes to.
+        db, blobs = ingestor.catalog.db, ingestor.blobs
+        self.settings = settings
+        self.ae = build_ae(settings)
+        self._handlers: list[EventHandler] = [
+            (evt.EVT_C_ECHO, handlers.handle_echo),
+            (evt.EVT_C_STORE, handlers.handle_store, [ingestor]),
+            (evt.EVT_C_FIND, find.handle_find, [db, settings]),
+            (evt.EVT_C_MOVE, retrieve.handle_move, [db, blobs, settings.qr]),
+            (evt.EVT_C_GET, retrieve.handle_get, [db, blobs]),
+            (evt.EVT_ACCEPTED, handlers.handle_accepted),
+            (evt.EVT_REJECTED, handlers.handle_rejected),
+            (evt.EVT_RELEASED, handlers.handle_released),
+            (evt.EVT_ABORTED, handlers.handle_aborted),
+        ]
+        self._server: ThreadedAssociationServer | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful when the configured port is 0)."""
+        if self._server is None:
+            raise RuntimeError("DICOM server not started")
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        address = (self.settings.dicom_host, self.settings.dicom_port)
+        self._server = self.ae.start_server(address, block=False, evt_handlers=self._handlers)
+        log.info("DICOM AE %s listening on %s:%s", self.settings.ae_title, address[0], self.port)
+
+    def active_associations(self) -> int:
+        return len(self._server.active_associations) if self._server else 0
+
+    def stop(self, grace: float) -> None:
+        """Stop listening, let running associations finish for ``grace`` s, abort the rest.
+
+        An aborted association gets no further responses: an instance whose C-STORE response
+        was not sent is one the peer knows it must send again.
+        """
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        deadline = time.monotonic() + grace
+        while server.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for assoc in server.active_associations:
+            log.warning("aborting association with %s at shutdown", assoc.requestor.address)
+            assoc.abort()
+        log.info("DICOM AE stopped")
+
+
+_PREFERRED_SYNTAXES = [
+    ExplicitVRLittleEndian,
+    *(syntax for syntax in ALL_TRANSFER_SYNTAXES if syntax != ExplicitVRLittleEndian),
+]
+
+QUERY_RETRIEVE_MODELS = (
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelMove,
+    PatientRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelGet,
+)
+
+
+def build_ae(settings: Settings) -> AE:
+    """An AE that accepts Verification, every storage SOP class in every transfer syntax, and
+    the Query/Retrieve models.
+
+    Storage contexts accept the SCP/SCU role selection a C-GET requestor proposes (it acts as
+    the storage SCP for the instances sent back on its association). Of the transfer syntaxes
+    a requestor proposes in one context, explicit VR little endian is taken first: it keeps
+    the VRs of received data sets, and C-GET can then send most stored files byte for byte.
+    """
+    ae = AE(ae_title=settings.ae_title)
+    ae.maximum_pdu_size = settings.max_pdu_size
+    ae.dimse_timeout = settings.dimse_timeout
+    ae.network_timeout = settings.network_timeout
+    ae.maximum_associations = 64
+    ae.require_called_aet = settings.require_called_aet
+    ae.require_calling_aet = list(settings.allowed_calling_aets)
+    ae.add_supported_context(Verification)
+    for model in QUERY_RETRIEVE_MODELS:
+        ae.add_supported_context(model)
+    for context in AllStoragePresentationContexts:
+        if context.abstract_syntax is not None:
+            ae.add_supported_context(
+                context.abstract_syntax, _PREFERRED_SYNTAXES, scu_role=True, scp_role=True
+            )
+    return ae
