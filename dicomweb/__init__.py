@@ -1,0 +1,47 @@
+"""DICOMweb door: QIDO-RS, WADO-RS, STOW-RS and WADO-URI (PS3.18), and the bundled viewer.
+
+The routers are plain ``APIRouter``s; the composition root mounts them (``node/app.py``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter
+
+from dicomweb.context import PREFIX, DicomwebContext
+from dicomweb.qido import create_qido_router
+from dicomweb.stow import STOW_FAILURE_REASON, FailureReason, create_stow_router
+from dicomweb.viewer import VIEWER_PATH, create_viewer_router
+from dicomweb.wado import create_wado_router
+from dicomweb.wado_uri import create_wado_uri_router
+
+DEFAULT_VIEWER_DIR = Path(__file__).resolve().parents[1] / "viewer" / "dist"
+
+
+def create_routers(context: DicomwebContext) -> list[tuple[str, APIRouter]]:
+    """``(prefix, router)`` pairs: DICOMweb under ``/dicom-web``, the viewer at ``/viewer``."""
+    services = APIRouter()
+    for router in (
+        create_qido_router(context),
+        create_wado_router(context),
+        create_stow_router(context),
+        create_wado_uri_router(context),
+    ):
+        services.include_router(router)
+    routers = [(PREFIX, services)]
+    if context.settings.viewer:
+        routers.append(
+            ("", create_viewer_router(context.settings.viewer_dir or DEFAULT_VIEWER_DIR))
+        )
+    return routers
+
+
+__all__ = [
+    "PREFIX",
+    "STOW_FAILURE_REASON",
+    "VIEWER_PATH",
+    "DicomwebContext",
+    "FailureReason",
+    "create_routers",
+]

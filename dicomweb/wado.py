@@ -1,0 +1,487 @@
+"""WADO-RS (PS3.18 10.4): instances, metadata, frames, bulk data, rendered images, thumbnails.
+
+Instances stream from the blob store part by part (a study is never held in memory); a
+transcoded instance is held only while it is sent. Metadata comes from the DICOM JSON stored
+at ingest, in one catalog read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Iterator
+from typing import BinaryIO
+
+from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from catalog import BULKDATA_URI_PREFIX
+from catalog.locate import StoredInstance, locate, stored_metadata
+from dicomweb.context import DicomwebContext, check_uid
+from dicomweb.media import (
+    DICOM,
+    DICOM_JSON,
+    OCTET_STREAM,
+    PART_TRAILER,
+    MultipartWriter,
+    NotAcceptableError,
+    Representation,
+    content_type,
+    negotiate,
+    parse_accept,
+)
+from dicomweb.pixels import (
+    FRAME_MEDIA_TYPES,
+    CannotTranscodeError,
+    FrameNotFoundError,
+    RenderOptions,
+    bulkdata,
+    can_transcode,
+    frames,
+    render,
+    transcode,
+)
+from storage import BlobStore
+
+log = logging.getLogger(__name__)
+
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+"""The default transfer syntax of application/dicom and of uncompressed frames (PS3.18 8.7.3)."""
+
+CHUNK = 16 << 20
+BATCH = 4 << 20
+RENDERED_TYPES = ("image/jpeg", "image/png")
+
+
+def _as_stored(instance: StoredInstance, syntax: str) -> bool:
+    return syntax in ("*", instance.transfer_syntax_uid)
+
+
+def _stored_batches(
+    blobs: BlobStore, parts: list[tuple[StoredInstance, bytes]], end: bytes
+) -> Iterator[memoryview]:
+    """The multipart body of stored files, in batches of about BATCH bytes.
+
+    Each batch is allocated at its final size and every file is read into it in place, so
+    file bytes are copied once on their way to the socket.
+    """
+    start = 0
+    while start < len(parts):
+        stop = start + 1
+        total = len(parts[start][1]) + parts[start][0].size
+        while stop < len(parts) and total < BATCH:
+            total += len(parts[stop][1]) + parts[stop][0].size
+            stop += 1
+        group = parts[start:stop]
+        batch = bytearray(
+            sum(len(header) + i.size + len(PART_TRAILER) for i, header in group)
+            + (len(end) if stop == len(parts) else 0)
+        )
+        view = memoryview(batch)
+        offset = 0
+        for instance, header in group:
+            for piece in (header, None, PART_TRAILER):
+                if piece is None:
+                    with blobs.open(instance.blob_key) as stream:
+                        read = _read_into(stream, view[offset : offset + instance.size])
+                    if read != instance.size:
+                        raise BlobSizeError(instance.sop_instance_uid)
+                    offset += read
+                else:
+                    view[offset : offset + len(piece)] = piece
+                    offset += len(piece)
+        if stop == len(parts):
+            view[offset:] = end
+        yield view
+        start = stop
+
+
+def _read_into(stream: BinaryIO, target: memoryview) -> int:
+    """Fill ``target`` from ``stream`` (in place when the stream can), the bytes read."""
+    readinto = getattr(stream, "readinto", None)
+    if readinto is not None:
+        return int(readinto(target))
+    data = stream.read(len(target))
+    target[: len(data)] = data
+    return len(data)
+
+
+class BlobSizeError(RuntimeError):
+    """A stored file is shorter than the catalog says (``pacsnode verify`` reports it)."""
+
+
+def _not_found(what: str) -> HTTPException:
+    return HTTPException(404, f"{what} not found")
+
+
+def _read(blobs_open: BinaryIO) -> bytes:
+    with blobs_open as stream:
+        return stream.read()
+
+
+def create_wado_router(context: DicomwebContext) -> APIRouter:
+    router = APIRouter(tags=["WADO-RS"])
+    blobs = context.blobs
+
+    def instances(
+        study: str, series: str | None = None, sop: str | None = None
+    ) -> list[StoredInstance]:
+        check_uid("study", study)
+        if series is not None:
+            check_uid("series", series)
+        if sop is not None:
+            check_uid("instance", sop)
+        found = locate(context.db, study, series, sop)
+        if not found:
+            raise _not_found("instance" if sop else "series" if series else "study")
+        return found
+
+    def choose(request: Request, found: list[StoredInstance], single_part: bool) -> Representation:
+        try:
+            options = negotiate(
+                request.headers.get("accept"),
+                [DICOM],
+                EXPLICIT_VR_LITTLE_ENDIAN,
+                single_part=single_part,
+            )
+        except NotAcceptableError as exc:
+            raise HTTPException(406, str(exc)) from None
+        for option in options:
+            if all(
+                can_transcode(i.transfer_syntax_uid, option.transfer_syntax, i.rows is not None)
+                for i in found
+            ):
+                return option
+        raise HTTPException(
+            406, "the instances cannot be converted to the transfer syntax asked for"
+        )
+
+    def instance_chunks(instance: StoredInstance, syntax: str) -> Iterator[bytes]:
+        if syntax in ("*", instance.transfer_syntax_uid):
+            with blobs.open(instance.blob_key) as stream:
+                while chunk := stream.read(CHUNK):
+                    yield chunk
+        else:
+            try:
+                yield transcode(_read(blobs.open(instance.blob_key)), syntax)
+            except Exception:
+                log.exception("cannot transcode %s to %s", instance.sop_instance_uid, syntax)
+                raise
+
+    def retrieve(request: Request, found: list[StoredInstance], single_part: bool) -> Response:
+        chosen = choose(request, found, single_part)
+
+        def syntax_of(instance: StoredInstance) -> str:
+            if chosen.transfer_syntax == "*":
+                return instance.transfer_syntax_uid
+            return chosen.transfer_syntax
+
+        if not chosen.multipart:
+            (instance,) = found
+            return StreamingResponse(
+                instance_chunks(instance, chosen.transfer_syntax),
+                media_type=content_type(DICOM, syntax_of(instance)),
+                headers={"ETag": f'"{instance.sha256}"'},
+            )
+        writer = MultipartWriter(DICOM)
+        parts = [
+            (instance, writer.part_header(content_type(DICOM, syntax_of(instance))))
+            for instance in found
+        ]
+        if all(_as_stored(instance, chosen.transfer_syntax) for instance in found):
+            # Sizes are known: send a Content-Length (no chunked framing to copy into) and
+            # read each file once, straight into the batch that goes to the socket.
+            length = sum(len(header) + i.size + len(PART_TRAILER) for i, header in parts)
+            return StreamingResponse(
+                _stored_batches(blobs, parts, writer.end()),
+                media_type=writer.content_type,
+                headers={"Content-Length": str(length + len(writer.end()))},
+            )
+
+        def body() -> Iterator[bytes]:
+            # Parts are sent in batches of about BATCH bytes: each yield costs a thread hop and
+            # a socket write in Starlette, and a batch bounds what is held in memory.
+            batch: list[bytes] = []
+            size = 0
+            for instance, header in parts:
+                batch.append(header)
+                for piece in instance_chunks(instance, chosen.transfer_syntax):
+                    batch.append(piece)
+                    size += len(piece)
+                batch.append(PART_TRAILER)
+                if size >= BATCH:
+                    yield b"".join(batch)
+                    batch, size = [], 0
+            batch.append(writer.end())
+            yield b"".join(batch)
+
+        return StreamingResponse(body(), media_type=writer.content_type)
+
+    @router.get("/studies/{study}", summary="Retrieve a study")
+    def retrieve_study(study: str, request: Request) -> Response:
+        return retrieve(request, instances(study), False)
+
+    @router.get("/studies/{study}/series/{series}", summary="Retrieve a series")
+    def retrieve_series(study: str, series: str, request: Request) -> Response:
+        return retrieve(request, instances(study, series), False)
+
+    @router.get("/studies/{study}/series/{series}/instances/{sop}", summary="Retrieve an instance")
+    def retrieve_instance(study: str, series: str, sop: str, request: Request) -> Response:
+        found = instances(study, series, sop)
+        if _not_modified(request, found[0].sha256):
+            return Response(status_code=304)
+        return retrieve(request, found, True)
+
+    # ---------------------------------------------------------------------------- metadata
+
+    async def metadata(
+        request: Request, study: str, series: str | None, sop: str | None
+    ) -> Response:
+        for wanted in parse_accept(request.headers.get("accept")):
+            if wanted.matches(DICOM_JSON) or wanted.matches("application/json"):
+                break
+        else:
+            raise HTTPException(406, "metadata is available as application/dicom+json only")
+        check_uid("study", study)
+        for name, uid in (("series", series), ("instance", sop)):
+            if uid is not None:
+                check_uid(name, uid)
+        stored = await run_in_threadpool(stored_metadata, context.db, study, series, sop)
+        if not stored:
+            raise _not_found("instance" if sop else "series" if series else "study")
+        base = context.base_url(request)
+        etag = hashlib.sha256(
+            "".join(sha for sha, _ in stored).encode() + base.encode()
+        ).hexdigest()
+        if _not_modified(request, etag):
+            return Response(status_code=304)
+        absolute = f'"BulkDataURI":"{base}/'
+        body = (
+            "[" + ",".join(text.replace(BULKDATA_URI_PREFIX, absolute) for _, text in stored) + "]"
+        )
+        return context.json_response(request, body, headers={"ETag": f'"{etag}"'})
+
+    @router.get("/studies/{study}/metadata", summary="Retrieve a study's metadata")
+    async def study_metadata(study: str, request: Request) -> Response:
+        return await metadata(request, study, None, None)
+
+    @router.get("/studies/{study}/series/{series}/metadata", summary="Retrieve a series' metadata")
+    async def series_metadata(study: str, series: str, request: Request) -> Response:
+        return await metadata(request, study, series, None)
+
+    @router.get(
+        "/studies/{study}/series/{series}/instances/{sop}/metadata",
+        summary="Retrieve an instance's metadata",
+    )
+    async def instance_metadata(study: str, series: str, sop: str, request: Request) -> Response:
+        return await metadata(request, study, series, sop)
+
+    # ------------------------------------------------------------------------------ frames
+
+    @router.get(
+        "/studies/{study}/series/{series}/instances/{sop}/frames/{frame_list}",
+        summary="Retrieve frames",
+    )
+    def retrieve_frames(
+        study: str, series: str, sop: str, frame_list: str, request: Request
+    ) -> Response:
+        numbers = _frame_numbers(frame_list)
+        (instance,) = instances(study, series, sop)
+        part_types = [OCTET_STREAM, *sorted(set(FRAME_MEDIA_TYPES.values()))]
+        try:
+            options = negotiate(
+                request.headers.get("accept"),
+                part_types,
+                EXPLICIT_VR_LITTLE_ENDIAN,
+                single_part=False,
+            )
+        except NotAcceptableError as exc:
+            raise HTTPException(406, str(exc)) from None
+        raw = _read(blobs.open(instance.blob_key))
+        for option in options:
+            syntax: str | None = option.transfer_syntax
+            if option.part_type != OCTET_STREAM and syntax == EXPLICIT_VR_LITTLE_ENDIAN:
+                syntax = _syntax_for_media_type(option.part_type, instance.transfer_syntax_uid)
+            if syntax is None:
+                continue
+            try:
+                encoded = frames(raw, numbers, syntax)
+            except FrameNotFoundError as exc:
+                raise HTTPException(404, str(exc)) from None
+            except CannotTranscodeError:
+                continue
+            if option.part_type != OCTET_STREAM and any(
+                FRAME_MEDIA_TYPES.get(ts) != option.part_type for ts, _ in encoded
+            ):
+                continue
+            writer = MultipartWriter(option.part_type)
+            body = b"".join(
+                b"".join(writer.part(content_type(option.part_type, ts), [data]))
+                for ts, data in encoded
+            )
+            return Response(body + writer.end(), media_type=writer.content_type)
+        raise HTTPException(406, "the frames cannot be sent in a media type asked for")
+
+    # ---------------------------------------------------------------------------- bulkdata
+
+    @router.get(
+        "/studies/{study}/series/{series}/instances/{sop}/bulkdata/{path:path}",
+        summary="Retrieve bulk data",
+    )
+    def retrieve_bulkdata(
+        study: str, series: str, sop: str, path: str, request: Request
+    ) -> Response:
+        (instance,) = instances(study, series, sop)
+        steps = [step for step in path.split("/") if step]
+        if not steps or len(steps) % 2 == 0:
+            raise HTTPException(400, "a bulk data path is a tag, or sequence/item/.../tag")
+        accepted = parse_accept(request.headers.get("accept"))
+        single = any(r.matches(OCTET_STREAM) and r.media_type != "*/*" for r in accepted)
+        multipart = any(
+            r.matches("multipart/related") and r.params.get("type", OCTET_STREAM) == OCTET_STREAM
+            for r in accepted
+        )
+        if not (single or multipart):
+            raise HTTPException(406, "bulk data is available as application/octet-stream")
+        try:
+            value = bulkdata(_read(blobs.open(instance.blob_key)), steps)
+        except CannotTranscodeError:
+            raise HTTPException(406, "the pixel data cannot be decompressed here") from None
+        if value is None:
+            raise _not_found("bulk data")
+        if single and not (multipart and accepted[0].media_type.startswith("multipart")):
+            return Response(value, media_type=OCTET_STREAM)
+        writer = MultipartWriter(OCTET_STREAM)
+        body = b"".join(writer.part(OCTET_STREAM, [value])) + writer.end()
+        return Response(body, media_type=writer.content_type)
+
+    # ------------------------------------------------------------- rendered and thumbnails
+
+    def rendered(
+        request: Request,
+        found: list[StoredInstance],
+        frame: int,
+        thumbnail: bool,
+    ) -> Response:
+        options = _render_options(request, context.settings.thumbnail_size if thumbnail else None)
+        instance = found[len(found) // 2] if len(found) > 1 else found[0]
+        etag = hashlib.sha256(f"{instance.sha256}{frame}{options}".encode()).hexdigest()
+        if _not_modified(request, etag):
+            return Response(status_code=304)
+        try:
+            picture = render(_read(blobs.open(instance.blob_key)), frame, options)
+        except FrameNotFoundError as exc:
+            raise HTTPException(404, str(exc)) from None
+        except CannotTranscodeError:
+            raise HTTPException(406, "this instance's pixel data cannot be decoded here") from None
+        return Response(picture, media_type=options.media_type, headers={"ETag": f'"{etag}"'})
+
+    for suffix, thumbnail in (("rendered", False), ("thumbnail", True)):
+        _add_rendered_routes(router, suffix, thumbnail, instances, rendered)
+    return router
+
+
+def _add_rendered_routes(
+    router: APIRouter,
+    suffix: str,
+    thumbnail: bool,
+    instances: Callable[..., list[StoredInstance]],
+    rendered: Callable[[Request, list[StoredInstance], int, bool], Response],
+) -> None:
+    title = "Retrieve a thumbnail" if thumbnail else "Retrieve a rendered image"
+
+    @router.get(
+        f"/studies/{{study}}/{suffix}", summary=f"{title} of a study", name=f"study_{suffix}"
+    )
+    def study_picture(study: str, request: Request) -> Response:
+        return rendered(request, instances(study), 1, thumbnail)
+
+    @router.get(
+        f"/studies/{{study}}/series/{{series}}/{suffix}",
+        summary=f"{title} of a series",
+        name=f"series_{suffix}",
+    )
+    def series_picture(study: str, series: str, request: Request) -> Response:
+        return rendered(request, instances(study, series), 1, thumbnail)
+
+    @router.get(
+        f"/studies/{{study}}/series/{{series}}/instances/{{sop}}/{suffix}",
+        summary=f"{title} of an instance",
+        name=f"instance_{suffix}",
+    )
+    def instance_picture(study: str, series: str, sop: str, request: Request) -> Response:
+        return rendered(request, instances(study, series, sop), 1, thumbnail)
+
+    @router.get(
+        f"/studies/{{study}}/series/{{series}}/instances/{{sop}}/frames/{{frame}}/{suffix}",
+        summary=f"{title} of a frame",
+        name=f"frame_{suffix}",
+    )
+    def frame_picture(study: str, series: str, sop: str, frame: str, request: Request) -> Response:
+        (number,) = _frame_numbers(frame)
+        return rendered(request, instances(study, series, sop), number, thumbnail)
+
+
+def _not_modified(request: Request, etag: str) -> bool:
+    wanted = request.headers.get("if-none-match", "")
+    return bool(wanted) and (wanted.strip() == "*" or f'"{etag}"' in wanted)
+
+
+def _frame_numbers(frame_list: str) -> list[int]:
+    try:
+        numbers = [int(item) for item in frame_list.split(",")]
+    except ValueError:
+        raise HTTPException(400, "frame list must be frame numbers separated by commas") from None
+    if not numbers or any(n < 1 for n in numbers):
+        raise HTTPException(400, "frame numbers start at 1")
+    return numbers
+
+
+def _syntax_for_media_type(media_type: str, stored: str) -> str | None:
+    if FRAME_MEDIA_TYPES.get(stored) == media_type:
+        return stored
+    for syntax, frame_type in FRAME_MEDIA_TYPES.items():
+        if frame_type == media_type and syntax in (
+            "1.2.840.10008.1.2.5",
+            "1.2.840.10008.1.2.4.80",
+            "1.2.840.10008.1.2.4.90",
+        ):
+            return syntax
+    return None
+
+
+def _render_options(request: Request, thumbnail_size: int | None) -> RenderOptions:
+    media_type = None
+    for wanted in parse_accept(request.headers.get("accept")):
+        media_type = next((t for t in RENDERED_TYPES if wanted.matches(t)), None)
+        if media_type:
+            break
+    if media_type is None:
+        raise HTTPException(406, "rendered images are available as image/jpeg or image/png")
+    params = request.query_params
+    window = None
+    if "window" in params:
+        parts = params["window"].split(",")
+        try:
+            center, width = float(parts[0]), float(parts[1])
+        except (ValueError, IndexError):
+            raise HTTPException(400, "window must be center,width[,function]") from None
+        if width <= 0:
+            raise HTTPException(400, "window width must be positive")
+        window = (center, width)
+    size = (thumbnail_size, thumbnail_size) if thumbnail_size else None
+    if "viewport" in params:
+        try:
+            width_px, height_px = (int(v) for v in params["viewport"].split(",")[:2])
+        except ValueError:
+            raise HTTPException(400, "viewport must be width,height") from None
+        if not (0 < width_px <= 4096 and 0 < height_px <= 4096):
+            raise HTTPException(400, "viewport sizes must be 1..4096")
+        size = (width_px, height_px)
+    quality = 90
+    if "quality" in params:
+        if not params["quality"].isdigit() or not 1 <= int(params["quality"]) <= 100:
+            raise HTTPException(400, "quality must be an integer 1..100")
+        quality = int(params["quality"])
+    return RenderOptions(media_type, window, size, quality)
