@@ -1,0 +1,130 @@
+"""HTTP API of cohorts and exports (``/api/cohorts``), used by researchers and the dashboard.
+
+A plain ``APIRouter`` over :mod:`export`; the composition root mounts it with the node's
+dependencies (authentication, once it exists). The export is a zip streamed while it is
+written: nothing of it is held in memory or in a temporary file.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, HTTPException, Query, Request, status
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+
+from export import (
+    AlreadyFrozenError,
+    CohortNotFoundError,
+    Cohorts,
+    EmptyCohortError,
+    Exporter,
+    ExportError,
+    FrozenDataChangedError,
+    InvalidDefinitionError,
+    NotFrozenError,
+)
+
+_STATUS: tuple[tuple[type[ExportError], int], ...] = (
+    (CohortNotFoundError, status.HTTP_404_NOT_FOUND),
+    (InvalidDefinitionError, status.HTTP_422_UNPROCESSABLE_CONTENT),
+    (EmptyCohortError, status.HTTP_409_CONFLICT),
+    (NotFrozenError, status.HTTP_409_CONFLICT),
+    (AlreadyFrozenError, status.HTTP_409_CONFLICT),
+    (FrozenDataChangedError, status.HTTP_409_CONFLICT),
+)
+
+
+class NewCohort(BaseModel):
+    name: str = Field(description="Cohort name; defining an existing name adds a version.")
+    description: str = ""
+    definition: dict[str, Any] = Field(
+        default_factory=dict, description="Filters, balance, split and seed (see the docs)."
+    )
+
+
+def _http_error(exc: ExportError) -> HTTPException:
+    code = next((c for kind, c in _STATUS if isinstance(exc, kind)), status.HTTP_400_BAD_REQUEST)
+    return HTTPException(status_code=code, detail=str(exc))
+
+
+def _actor(request: Request) -> str:
+    client = request.client
+    return f"http:{client.host}" if client else "http"
+
+
+def cohort_router(cohorts: Cohorts, exporter: Exporter) -> APIRouter:
+    """The ``/cohorts`` routes over one :class:`Cohorts` and :class:`Exporter`."""
+    router = APIRouter(prefix="/cohorts", tags=["cohorts"])
+
+    @router.get("")
+    def list_cohorts() -> list[dict[str, Any]]:
+        """Every version of every cohort."""
+        return [info.as_json() for info in cohorts.all_versions()]
+
+    @router.post("", status_code=status.HTTP_201_CREATED)
+    def define_cohort(request: Request, new: NewCohort) -> dict[str, Any]:
+        """Save a definition as the next version of ``name``."""
+        try:
+            info = cohorts.define(
+                new.name, new.definition, description=new.description, actor=_actor(request)
+            )
+        except ExportError as exc:
+            raise _http_error(exc) from None
+        return info.as_json()
+
+    @router.post("/preview")
+    def preview_definition(
+        definition: Annotated[dict[str, Any], Body(description="A cohort definition.")],
+    ) -> dict[str, Any]:
+        """What an unsaved definition would hold now: counts only."""
+        try:
+            return cohorts.preview(definition)
+        except ExportError as exc:
+            raise _http_error(exc) from None
+
+    @router.get("/{ref}")
+    def get_cohort(ref: str) -> dict[str, Any]:
+        """One cohort version (``name``, ``name@version`` or id)."""
+        try:
+            return cohorts.get(ref).as_json()
+        except ExportError as exc:
+            raise _http_error(exc) from None
+
+    @router.get("/{ref}/preview")
+    def preview_cohort(ref: str) -> dict[str, Any]:
+        """Counts per class, modality, sequence, sex, age bin and split; nothing copied."""
+        try:
+            return cohorts.preview(ref)
+        except ExportError as exc:
+            raise _http_error(exc) from None
+
+    @router.post("/{ref}/freeze")
+    def freeze_cohort(request: Request, ref: str) -> dict[str, Any]:
+        """Pin the cohort's instances and record its manifest hash."""
+        try:
+            return cohorts.freeze(ref, actor=_actor(request)).as_json()
+        except ExportError as exc:
+            raise _http_error(exc) from None
+
+    @router.get("/{ref}/export")
+    def export_cohort(
+        request: Request,
+        ref: str,
+        format_name: Annotated[Literal["dicom", "nifti", "png"], Query(alias="format")] = "dicom",
+    ) -> StreamingResponse:
+        """The frozen cohort as a zip (files, manifests, dataset.json), streamed."""
+        try:
+            download = exporter.to_zip(ref, format_name, actor=_actor(request))
+        except ExportError as exc:
+            raise _http_error(exc) from None
+        return StreamingResponse(
+            download.chunks,
+            media_type="application/zip",
+            headers={
+                "Content-Disposition": f'attachment; filename="{download.filename}"',
+                "X-Manifest-SHA256": download.cohort.info.manifest_sha256 or "",
+            },
+        )
+
+    return router

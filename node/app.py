@@ -1,0 +1,303 @@
+"""Composition root: build every part of a node from its settings, start and stop them."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import prometheus_client
+import uvicorn
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from pydicom import config as pydicom_config
+from pynetdicom import _config as pynetdicom_config
+
+from catalog import CatalogWriter, Database, catalog_stats
+from config import Settings
+from deid import Deidentifier, NodeSecrets, Pseudonymizer, Vault, build_deid
+from dicomweb import DicomwebContext, create_routers
+from export import CatalogLabels, Cohorts, Exporter, LabelClass, LabelSource, LabelTask
+from ingest import Ingestor, IngestResult, Outcome, ResultListener
+from jobs import JobContext, NodeScheduler
+from labeling import MllpServer, ReportIntake, TaskSet, create_router, load_tasks
+from node.api_cohorts import cohort_router
+from node.http import create_app
+from node.metrics import NodeMetrics
+from node.reidentify_api import admin_guard, reidentify_router
+from scp.ae import DicomServer
+from storage import FilesystemBlobStore
+
+log = logging.getLogger(__name__)
+
+
+def configure_libraries() -> None:
+    """Set library knobs once, where the process is put together.
+
+    - pydicom: no validation warnings or log lines; they quote attribute values, which can
+      be patient data, and a receiver must store what it is given anyway.
+    - pynetdicom: never log identifiers of requests and responses, and never spool a
+      received data set to a temporary file (it would put PHI on disk before de-id).
+    - python-hl7: no warnings (they quote the field being unescaped).
+    """
+    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+    pydicom_config.settings.writing_validation_mode = pydicom_config.IGNORE
+    warnings.filterwarnings("ignore", module=r"pydicom(\..*)?")
+    pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
+    pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
+    pynetdicom_config.STORE_RECV_CHUNKED_DATASET = False
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    scheduler_log = logging.getLogger("apscheduler.scheduler")
+    if not any(isinstance(f, _OverlappingRunFilter) for f in scheduler_log.filters):
+        scheduler_log.addFilter(_OverlappingRunFilter())
+    # urllib3's retry warnings quote request paths, which hold Orthanc's resource IDs
+    # (hashes of the original identifiers); the sync logs its own retries without them.
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+    logging.getLogger("python_multipart").setLevel(logging.CRITICAL)  # may quote body bytes
+    # python-hl7 logs field values (patient data) when it meets an unknown escape sequence
+    logging.getLogger("hl7").setLevel(logging.ERROR)
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+
+
+class _OverlappingRunFilter(logging.Filter):
+    """Drop apscheduler's warning that a job's run was skipped because its previous run is
+    still going: a sync longer than its interval is normal, and the job's own log says what
+    it does."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "maximum number of running instances reached" not in str(record.msg)
+
+
+@dataclass
+class Core:
+    """The parts every process of a node needs: catalog, blob store, ingest pipeline."""
+
+    settings: Settings
+    db: Database
+    blobs: FilesystemBlobStore
+    deid: Deidentifier
+    ingestor: Ingestor
+    vault: Vault
+    pseudonymizer: Pseudonymizer
+    secrets: NodeSecrets
+    report_intake: ReportIntake
+
+    def close(self) -> None:
+        self.db.dispose()
+
+
+def build_core(settings: Settings, listeners: tuple[ResultListener, ...] = ()) -> Core:
+    """Open (and migrate) the catalog and the blob store, and wire the ingest pipeline."""
+    configure_libraries()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.catalog_url, sqlite_synchronous=settings.sqlite_synchronous)
+    db.migrate()
+    blobs = FilesystemBlobStore(settings.blob_root, fsync=settings.fsync)
+    deid = build_deid(settings, db)
+    report_intake = ReportIntake(
+        db=db,
+        pseudonyms=deid.pseudonymizer,
+        tasks=load_tasks(settings.labeling.tasks_file),
+        settings=settings.labeling,
+        vault=deid.vault,
+    )
+    ingestor = Ingestor(
+        deid=deid.deidentifier,
+        blobs=blobs,
+        catalog=CatalogWriter(db),
+        listeners=(*listeners, StudyArrivals(report_intake)),
+    )
+    return Core(
+        settings=settings,
+        db=db,
+        blobs=blobs,
+        deid=deid.deidentifier,
+        ingestor=ingestor,
+        vault=deid.vault,
+        pseudonymizer=deid.pseudonymizer,
+        secrets=deid.secrets,
+        report_intake=report_intake,
+    )
+
+
+def build_label_source(tasks: TaskSet) -> LabelSource:
+    """Cohorts read study labels from the catalog, with the classes of the task file."""
+    return CatalogLabels(
+        {
+            name: LabelTask(
+                name=name,
+                classes=tuple(
+                    LabelClass(str(v), meaning) for v, meaning in task.meanings().items()
+                ),
+                description=task.description,
+            )
+            for name, task in tasks.tasks.items()
+        }
+    )
+
+
+def build_http_app(core: Core, metrics: NodeMetrics) -> FastAPI:
+    """The HTTP app of a node: health, metrics, DICOMweb, the viewer, reports, labels and
+    cohorts."""
+    settings = core.settings.dicomweb
+    context = DicomwebContext(
+        db=core.db, blobs=core.blobs, ingestor=core.ingestor, settings=settings
+    )
+    labels = build_label_source(core.report_intake.tasks)
+    cohorts = Cohorts(core.db, core.settings.export, labels)
+    exporter = Exporter(core.db, core.blobs, cohorts, core.settings.export)
+    app = create_app(
+        db=core.db,
+        blob_root=core.settings.blob_root,
+        metrics=metrics,
+        routers=[
+            *create_routers(context),
+            ("/api", create_router(core.report_intake)),
+            ("/api", cohort_router(cohorts, exporter)),
+        ],
+    )
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["*"],
+            expose_headers=["Warning", "ETag", "Content-Type", "Content-Encoding"],
+        )
+    return app
+
+
+class StudyArrivals:
+    """Ingest listener: link waiting reports to a study when its instances arrive.
+
+    Called after the commit; the first stored instance of a study is enough (the study row
+    then has its accession number, patient and date), so a process remembers the studies it
+    linked recently and skips their other instances. Linking is idempotent, so several
+    processes (or a forgotten study) only cost a query. An exception here is logged by the
+    ingestor and never changes the instance's result.
+    """
+
+    def __init__(self, intake: ReportIntake, remember: int = 4096) -> None:
+        self.intake = intake
+        self._remember = remember
+        self._recent: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __call__(self, result: IngestResult) -> None:
+        uid = result.study_instance_uid
+        if uid is None or result.outcome not in (Outcome.STORED, Outcome.REPLACED):
+            return
+        with self._lock:
+            if uid in self._recent:
+                self._recent.move_to_end(uid)
+                return
+        self.intake.study_arrived(uid)
+        with self._lock:
+            self._recent[uid] = None
+            while len(self._recent) > self._remember:
+                self._recent.popitem(last=False)
+
+
+class Node:
+    """A running node: DICOM AE, HTTP server and job scheduler in one process, sharing one
+    :class:`Core`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = NodeMetrics()
+        self.core = build_core(settings, listeners=(self.metrics.observe,))
+        self.metrics.watch_catalog(lambda: catalog_stats(self.core.db))
+        self.dicom = DicomServer(settings, self.core.ingestor)
+        self.metrics.active_associations.set_function(
+            lambda: float(self.dicom.active_associations())
+        )
+        app = build_http_app(self.core, self.metrics)
+        self.mllp = (
+            MllpServer(
+                self.core.report_intake, settings.labeling.mllp_host, settings.labeling.mllp_port
+            )
+            if settings.labeling.mllp_enabled
+            else None
+        )
+        app.include_router(
+            reidentify_router(self.core.vault),
+            prefix="/api/admin",
+            dependencies=[Depends(admin_guard(self.core.secrets.admin_token, self.core.vault))],
+        )
+        self._http = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host=settings.http_host,
+                port=settings.http_port,
+                log_config=None,
+                access_log=False,
+                lifespan="off",
+            )
+        )
+        self._http_thread = threading.Thread(target=self._http.run, name="http", daemon=True)
+        self.scheduler = (
+            NodeScheduler(JobContext(settings, self.core.db, self.core.ingestor, threading.Event()))
+            if settings.scheduler.enabled
+            else None
+        )
+
+    @property
+    def http_port(self) -> int:
+        servers = getattr(self._http, "servers", [])
+        return int(servers[0].sockets[0].getsockname()[1]) if servers else self.settings.http_port
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start listening on both ports; return once both accept connections."""
+        if self.settings.http_host not in ("127.0.0.1", "localhost", "::1"):
+            log.warning(
+                "HTTP server listens on %s without authentication: anyone who reaches it can "
+                "read the archive",
+                self.settings.http_host,
+            )
+        self.dicom.start()
+        if self.mllp is not None:
+            try:
+                self.mllp.start()
+            except OSError:
+                self.dicom.stop(grace=0)
+                raise
+        self._http_thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._http.started:
+            if not self._http_thread.is_alive() or time.monotonic() > deadline:
+                self.dicom.stop(grace=0)
+                if self.mllp is not None:
+                    self.mllp.stop()
+                raise RuntimeError(
+                    f"HTTP server did not start on {self.settings.http_host}:"
+                    f"{self.settings.http_port}"
+                )
+            time.sleep(0.02)
+        log.info(
+            "HTTP listening on http://%s:%s (catalog %s, data %s)",
+            self.settings.http_host,
+            self.http_port,
+            self.core.db.describe(),
+            self.settings.data_dir,
+        )
+        if self.scheduler is not None:
+            self.scheduler.start()
+
+    def stop(self) -> None:
+        """Graceful stop: no new associations, running ones finish (up to the grace time)."""
+        log.info("shutting down")
+        if self.scheduler is not None:
+            self.scheduler.stop()  # running jobs stop between two instances
+        self.dicom.stop(grace=self.settings.shutdown_grace)
+        if self.mllp is not None:
+            self.mllp.stop()
+        self._http.should_exit = True
+        if self._http_thread.is_alive():
+            self._http_thread.join(timeout=self.settings.shutdown_grace + 5)
+        self.core.close()
+        log.info("stopped")

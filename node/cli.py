@@ -1,0 +1,272 @@
+"""The ``pacsnode`` command line: a thin layer over :mod:`node.app` and the core."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from sqlalchemy.exc import SQLAlchemyError
+
+from catalog import Database, catalog_stats
+from ingest import Outcome, Source, integrity
+from ingest.files import count_inputs, list_files, read_inputs
+from labeling import TaskFileError
+from node.app import Node, build_core
+from node.cli_common import (
+    ConfigOpt,
+    DatabaseOpt,
+    DataDirOpt,
+    cli_settings,
+    configure_logging,
+    err,
+    fail,
+    out,
+    progress_bar,
+    require_catalog,
+)
+from node.cli_deid import register as register_deid
+from node.cli_export import cohort_app, export
+from node.cli_labels import labels_app, reports_app
+
+app = typer.Typer(
+    name="pacsnode",
+    help=(
+        "pacsnode: a DICOM archive node. It receives studies over DICOM (C-STORE) and "
+        "DICOMweb, de-identifies them on arrival, indexes them, and serves them back."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+)
+app.add_typer(reports_app, name="reports")
+app.add_typer(labels_app, name="labels")
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    database_url: DatabaseOpt = None,
+    ae_title: Annotated[
+        str | None, typer.Option(help="DICOM AE title. [env: PACSNODE_AE_TITLE; default PACSNODE]")
+    ] = None,
+    dicom_port: Annotated[
+        int | None, typer.Option(help="DICOM port. [env: PACSNODE_DICOM_PORT; default 11112]")
+    ] = None,
+    http_port: Annotated[
+        int | None, typer.Option(help="HTTP port. [env: PACSNODE_HTTP_PORT; default 8042]")
+    ] = None,
+    http_host: Annotated[
+        str | None,
+        typer.Option(help="HTTP address. [env: PACSNODE_HTTP_HOST; default 127.0.0.1]"),
+    ] = None,
+    allow_remote_http: Annotated[
+        bool | None,
+        typer.Option(
+            "--allow-remote-http",
+            help="Allow a non-loopback --http-host although the HTTP API has no authentication.",
+        ),
+    ] = None,
+    log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = None,
+) -> None:
+    """Run the node: DICOM AE and HTTP server in one process, until SIGTERM or Ctrl-C."""
+    settings = cli_settings(
+        config,
+        data_dir=data_dir,
+        database_url=database_url,
+        ae_title=ae_title,
+        dicom_port=dicom_port,
+        http_port=http_port,
+        http_host=http_host,
+        allow_remote_http=allow_remote_http,
+        log_level=log_level,
+    )
+    configure_logging(settings.log_level)
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        logging.getLogger("node").info("received %s", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        node = Node(settings)
+        node.start()
+    except (OSError, RuntimeError, SQLAlchemyError, TaskFileError) as exc:
+        err.print(f"[red]Error:[/red] cannot start the node: {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    stop.wait()
+    node.stop()
+
+
+@app.command("import")
+def import_(
+    paths: Annotated[list[Path], typer.Argument(help="DICOM files, folders or zip archives.")],
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    database_url: DatabaseOpt = None,
+    list_rejected: Annotated[
+        bool, typer.Option(help="Name every file that was not stored, with the reason.")
+    ] = False,
+) -> None:
+    """Import DICOM files through the same pipeline as C-STORE (de-identified, indexed).
+
+    Works while the node runs. Exits with status 1 if any file was not stored.
+    """
+    settings = cli_settings(config, data_dir=data_dir, database_url=database_url)
+    configure_logging("ERROR")
+    try:
+        files = list_files(paths)
+    except FileNotFoundError as exc:
+        err.print(f"[red]Error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    core = build_core(settings)
+    outcomes: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    rejected: list[tuple[str, str]] = []
+    try:
+        with progress_bar() as progress:
+            task = progress.add_task("importing", total=count_inputs(files))
+            for name, data in read_inputs(files):
+                source = Source(door="folder", remote="cli")
+                result = core.ingestor.accept(data, source)
+                outcomes[result.outcome.value] += 1
+                if not result.outcome.success:
+                    reasons[result.reason] += 1
+                    rejected.append((name, result.reason))
+                progress.advance(task)
+    finally:
+        core.close()
+    _print_import_summary(outcomes, reasons, rejected if list_rejected else [])
+    if rejected:
+        raise typer.Exit(1)
+
+
+@app.command()
+def stats(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    database_url: DatabaseOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Count patients, studies, series, instances and bytes in the catalog."""
+    settings = cli_settings(config, data_dir=data_dir, database_url=database_url)
+    require_catalog(settings)
+    db = Database(settings.catalog_url)
+    try:
+        figures = catalog_stats(db)
+    except SQLAlchemyError:
+        raise fail(f"no catalog at {db.describe()} (has the node run there?)") from None
+    finally:
+        db.dispose()
+    if as_json:
+        out.print_json(json.dumps(asdict(figures)))
+        return
+    table = Table(title=f"catalog {db.describe()}", show_header=False)
+    for name, value in asdict(figures).items():
+        table.add_row(name, _human_bytes(value) if name == "bytes" else f"{value:,}")
+    out.print(table)
+
+
+@app.command()
+def verify(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    database_url: DatabaseOpt = None,
+    quick: Annotated[
+        bool, typer.Option(help="Check presence and size only, do not re-hash every blob.")
+    ] = False,
+    repair: Annotated[
+        bool,
+        typer.Option(help="Remove orphan blobs and stale temporary files (older than --grace)."),
+    ] = False,
+    grace: Annotated[
+        float, typer.Option(help="Seconds after which an unreferenced file counts as debris.")
+    ] = 600.0,
+) -> None:
+    """Check that every indexed instance's blob is there and intact; find crash debris.
+
+    Works while the node runs. Exits with status 1 if a problem remains.
+    """
+    settings = cli_settings(config, data_dir=data_dir, database_url=database_url)
+    configure_logging("ERROR")
+    core = build_core(settings)
+    try:
+        with progress_bar() as progress:
+            task = progress.add_task("verifying", total=integrity.count_instances(core.db))
+            report = integrity.check(
+                core.db,
+                core.blobs,
+                verify_hashes=not quick,
+                grace_seconds=grace,
+                advance=lambda n: progress.advance(task, n),
+            )
+        removed = integrity.repair(report, core.blobs) if repair else 0
+    finally:
+        core.close()
+    out.print(f"{report.instances:,} instances and {report.blobs:,} blobs checked")
+    for kind in integrity.ProblemKind:
+        for problem in report.of(kind):
+            out.print(f"{kind.value}: {problem.ref}", highlight=False, soft_wrap=True)
+    if removed:
+        out.print(f"removed {removed:,} orphan or temporary files")
+    unrepaired = [
+        p
+        for p in report.problems
+        if not repair or p.kind in (integrity.ProblemKind.MISSING, integrity.ProblemKind.CORRUPT)
+    ]
+    if unrepaired:
+        raise typer.Exit(1)
+
+
+def _print_import_summary(
+    outcomes: Counter[str], reasons: Counter[str], rejected: list[tuple[str, str]]
+) -> None:
+    table = Table(title="import summary")
+    table.add_column("outcome")
+    table.add_column("files", justify="right")
+    for outcome in Outcome:
+        if outcomes[outcome.value]:
+            table.add_row(outcome.value, f"{outcomes[outcome.value]:,}")
+    out.print(table)
+    if reasons:
+        why = Table(title="not stored, by reason")
+        why.add_column("reason")
+        why.add_column("files", justify="right")
+        for reason, count in reasons.most_common():
+            why.add_row(reason, f"{count:,}")
+        out.print(why)
+    for name, reason in rejected:
+        out.print(f"{name}: {reason}", highlight=False, soft_wrap=True)
+
+
+def _human_bytes(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:,.1f} {unit}" if unit != "B" else f"{size:,} B"
+        value /= 1000
+    raise AssertionError("unreachable")
+
+
+app.add_typer(cohort_app)
+app.command("export")(export)
+register_deid(app)
+import node.cli_qr  # noqa: E402, F401  (send, orthanc pull, jobs list: they use the helpers above)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

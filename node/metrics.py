@@ -1,0 +1,68 @@
+"""Prometheus metrics of a node, in a registry of its own (no process-global state)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from catalog import CatalogStats
+from ingest import IngestResult
+
+
+class NodeMetrics:
+    """Counters fed by ingest results, plus catalog totals read at scrape time."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.instances = Counter(
+            "pacsnode_instances",
+            "Instances received, by door and outcome.",
+            ["door", "outcome"],
+            registry=self.registry,
+        )
+        self.stored_bytes = Counter(
+            "pacsnode_stored_bytes",
+            "Bytes of instances stored (new or replaced).",
+            ["door"],
+            registry=self.registry,
+        )
+        self.ingest_seconds = Histogram(
+            "pacsnode_ingest_seconds",
+            "Time from receiving an instance to its final result.",
+            ["door"],
+            buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
+            registry=self.registry,
+        )
+        self.active_associations = Gauge(
+            "pacsnode_dimse_active_associations",
+            "DIMSE associations in progress.",
+            registry=self.registry,
+        )
+
+    def observe(self, result: IngestResult) -> None:
+        door = result.source.door
+        self.instances.labels(door=door, outcome=result.outcome.value).inc()
+        self.ingest_seconds.labels(door=door).observe(result.seconds)
+        if result.outcome.success and result.outcome.value != "duplicate":
+            self.stored_bytes.labels(door=door).inc(result.size)
+
+    def watch_catalog(self, stats: Callable[[], CatalogStats]) -> None:
+        """Report catalog totals, read when Prometheus scrapes."""
+        self.registry.register(_CatalogCollector(stats))
+
+
+class _CatalogCollector(Collector):
+    def __init__(self, stats: Callable[[], CatalogStats]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        stats = self._stats()
+        for name in ("patients", "studies", "series", "instances", "bytes"):
+            yield GaugeMetricFamily(
+                f"pacsnode_catalog_{name}",
+                f"{name.capitalize()} in the catalog.",
+                value=getattr(stats, name),
+            )
