@@ -9,7 +9,7 @@ from pydicom.dataset import Dataset
 
 from config import BurnedInPolicy, DeidSettings
 from deid.base import Deidentified, DeidRejectedError
-from deid.engine import Context, ProfileWalker, compute_age
+from deid.engine import Context, ProfileWalker, compute_age, text_of
 from deid.profile import PROFILE_VERSION, TABLE_EDITIONS, Option, Profile, build_profile
 from deid.pseudonym import Pseudonymizer
 from deid.vault import Vault, VaultRecord
@@ -37,11 +37,11 @@ class BurnedInRule:
 
     def reason(self, ds: Dataset) -> str | None:
         """Why ``ds`` may carry burned-in text (a reason quoting no value), or None."""
-        if str(ds.get("BurnedInAnnotation", "") or "").strip().upper() == "YES":
+        if text_of(ds, "BurnedInAnnotation").upper() == "YES":
             return "pixel data may show PHI (burned-in annotation)"
-        if str(ds.get("Modality", "") or "").strip().upper() in self.modalities:
+        if text_of(ds, "Modality").upper() in self.modalities:
             return "pixel data may show PHI (modality on burned-in list)"
-        if str(ds.get("SOPClassUID", "") or "").strip("\0 ") in self.sop_classes:
+        if text_of(ds, "SOPClassUID") in self.sop_classes:
             return "pixel data may show PHI (SOP class on burned-in list)"
         return None
 
@@ -137,7 +137,7 @@ class ProfileDeidentifier:
     # ------------------------------------------------------------------ steps
 
     def _context(self, ds: Dataset) -> Context:
-        issuer = _text(ds, "IssuerOfPatientID")
+        issuer = text_of(ds, "IssuerOfPatientID")
         patient_key = patient_key_of(ds)
         return Context(
             patient_key=patient_key,
@@ -148,7 +148,7 @@ class ProfileDeidentifier:
     def _age(self, ds: Dataset) -> str | None:
         if Option.RETAIN_PATIENT_CHARACTERISTICS not in self.profile.options:
             return None
-        if _text(ds, "PatientAge"):
+        if text_of(ds, "PatientAge"):
             return None
         return compute_age(ds, _AGE_REFERENCE_DATES)
 
@@ -160,15 +160,15 @@ class ProfileDeidentifier:
                 patient,
                 patient,
                 {
-                    "patient_id": _text(ds, "PatientID"),
+                    "patient_id": text_of(ds, "PatientID"),
                     "issuer_of_patient_id": context.issuer,
-                    "patient_name": _text(ds, "PatientName"),
-                    "patient_birth_date": _text(ds, "PatientBirthDate"),
+                    "patient_name": text_of(ds, "PatientName"),
+                    "patient_birth_date": text_of(ds, "PatientBirthDate"),
                 },
             )
         ]
-        study_uid = _text(ds, "StudyInstanceUID")
-        accession = _text(ds, "AccessionNumber")
+        study_uid = text_of(ds, "StudyInstanceUID")
+        accession = text_of(ds, "AccessionNumber")
         pseudo_study = self._pseudo_uid(study_uid)
         records.append(
             VaultRecord(
@@ -178,12 +178,12 @@ class ProfileDeidentifier:
                 {
                     "study_instance_uid": study_uid,
                     "accession_number": accession,
-                    "study_id": _text(ds, "StudyID"),
-                    "study_date": _text(ds, "StudyDate"),
+                    "study_id": text_of(ds, "StudyID"),
+                    "study_date": text_of(ds, "StudyDate"),
                 },
             )
         )
-        series_uid = _text(ds, "SeriesInstanceUID")
+        series_uid = text_of(ds, "SeriesInstanceUID")
         records.append(
             VaultRecord(
                 "series",
@@ -234,20 +234,10 @@ def patient_key_of(ds: Dataset) -> str:
     The Patient ID; without one, the name and birth date (so one unidentified patient's
     instances stay together); without those either, the study (one patient per study).
     """
-    patient_id = _text(ds, "PatientID")
+    patient_id = text_of(ds, "PatientID")
     if patient_id:
         return patient_id
-    name, birth = _text(ds, "PatientName"), _text(ds, "PatientBirthDate")
+    name, birth = text_of(ds, "PatientName"), text_of(ds, "PatientBirthDate")
     if name or birth:
         return f"\x1fname\x1f{name}\x1f{birth}"
-    return f"\x1fstudy\x1f{_text(ds, 'StudyInstanceUID')}"
-
-
-def _text(ds: Dataset, keyword: str) -> str:
-    try:
-        value = ds.get(keyword)
-    except Exception:
-        return ""
-    if value is None:
-        return ""
-    return str(value).strip("\0 ")
+    return f"\x1fstudy\x1f{text_of(ds, 'StudyInstanceUID')}"

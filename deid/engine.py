@@ -65,6 +65,10 @@ _DUMMY: Final[dict[str, Any]] = {
     "OW": b"\0\0",
     "UN": b"\0\0",
 }
+# Text VRs whose ASCII bytes are their value (no number formatting, no character set).
+_ASCII_VRS: Final = frozenset(
+    {"AE", "AS", "CS", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
+)
 _NUMERIC: Final = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV", "AT"})
 
 
@@ -135,7 +139,7 @@ class ProfileWalker:
         if tag == PATIENT_ID:
             self._remember(ds, tag, vr, context)
             issuer = str(ds.get(ISSUER_OF_PATIENT_ID, "") or "") if depth else context.issuer
-            original = _text(ds, tag)
+            original = text_of(ds, tag)
             pseudo = (
                 context.pseudo_patient_id
                 if depth == 0
@@ -149,7 +153,7 @@ class ProfileWalker:
             return
         if tag == ACCESSION_NUMBER:
             self._remember(ds, tag, vr, context)
-            original = _text(ds, tag)
+            original = text_of(ds, tag)
             _set(ds, tag, "SH", self.pseudonyms.accession_number(original) if original else "")
             return
         if vr == "SQ":
@@ -220,12 +224,12 @@ class ProfileWalker:
         group, element = tag >> 16, tag & 0xFFFF
         if group in self.private_groups:
             if 0x0010 <= element <= 0x00FF:
-                creator = _text(ds, tag)
+                creator = text_of(ds, tag)
                 if any(g == group and c == creator for g, _, c in self.private_rules):
                     return
             elif element >= 0x1000:
                 creator_tag = (group << 16) | (element >> 8)
-                creator = _text(ds, creator_tag) if creator_tag in ds else ""
+                creator = text_of(ds, creator_tag) if creator_tag in ds else ""
                 if (group, element & 0xFF, creator) in self.private_rules:
                     if _vr(ds, tag) == "SQ":
                         self._walk_items(ds, tag, context, depth, structured=True)
@@ -237,14 +241,12 @@ class ProfileWalker:
     # ------------------------------------------------------------------ values
 
     def _replace_uids(self, ds: Dataset, tag: int, keep_well_known: bool = False) -> None:
-        element = ds[tag]
-        values = element.value
-        if values is None or values == "":
+        values = text_of(ds, tag)
+        if not values:
             return
-        items = list(values) if isinstance(values, MultiValue | list) else [values]
         replaced = []
-        for value in items:
-            text = str(value).strip("\0 ")
+        for value in values.split("\\"):
+            text = value.strip("\0 ")
             if keep_well_known and (text in UID_dictionary or text.startswith("1.2.840.10008.")):
                 replaced.append(text)
             else:
@@ -270,7 +272,7 @@ class ProfileWalker:
         elif vr in ("TM", "AS"):
             return  # whole-day shifts leave times of day and ages as they are
         elif vr == "AE":
-            original = _text(ds, tag)
+            original = text_of(ds, tag)
             _set(ds, tag, vr, "AE" + self.pseudonyms.token("ae", original, 14) if original else "")
         elif vr in _TEXT_VRS:
             context.pending_clean.append((ds, tag))
@@ -280,18 +282,16 @@ class ProfileWalker:
     def _shift(
         self, ds: Dataset, tag: int, context: Context, shift: Callable[[str, Context], str]
     ) -> None:
-        element = ds[tag]
-        values = element.value
-        if values is None or values == "":
+        values, vr = text_of(ds, tag), _vr(ds, tag)
+        if not values:
             return
-        items = list(values) if isinstance(values, MultiValue | list) else [values]
         try:
-            shifted = [shift(str(value), context) for value in items]
+            shifted = [shift(value, context) for value in values.split("\\")]
         except ValueError:
-            _set(ds, tag, element.VR, None)  # not a date: when in doubt, remove
+            _set(ds, tag, vr, None)  # not a date: when in doubt, remove
             return
         context.dates_shifted = True
-        _set(ds, tag, element.VR, shifted if len(shifted) > 1 else shifted[0])
+        _set(ds, tag, vr, shifted if len(shifted) > 1 else shifted[0])
 
     def _shift_da(self, value: str, context: Context) -> str:
         return self.pseudonyms.shift_date(value, context.patient_key, context.issuer)
@@ -303,21 +303,22 @@ class ProfileWalker:
         return self._shift_da(value[:8], context) + value[8:]
 
     def _clean_text(self, ds: Dataset, tag: int, cleaner: TextCleaner) -> None:
-        element = ds[tag]
-        values = element.value
-        if values is None or values == "":
+        values, vr = text_of(ds, tag), _vr(ds, tag)
+        if not values:
             return
-        items = list(values) if isinstance(values, MultiValue | list) else [values]
-        cleaned = [cleaner.clean(str(value)) for value in items]
-        if element.VR == "PN":
-            cleaned = ["" for _ in cleaned]  # a person name cleaned of names is no name
-        _set(ds, tag, element.VR, cleaned if len(cleaned) > 1 else cleaned[0])
+        if vr == "PN":
+            _set(ds, tag, vr, "")  # a person name cleaned of names is no name
+            return
+        split = vr not in ("LT", "ST", "UT")  # these hold one value, backslashes and all
+        items = values.split("\\") if split else [values]
+        cleaned = [cleaner.clean(value) for value in items]
+        _set(ds, tag, vr, cleaned if len(cleaned) > 1 else cleaned[0])
 
     def _remember(self, ds: Dataset, tag: int, vr: str, context: Context) -> None:
         """Note an identifying value before it goes, to strip it from cleaned text."""
         if vr not in _IDENTIFIER_VRS:
             return
-        value = _text(ds, tag)
+        value = text_of(ds, tag)
         if value:
             for part in value.split("\\"):
                 context.identifiers.update(identifier_tokens(part, person_name=vr == "PN"))
@@ -349,19 +350,32 @@ def _vr(ds: Dataset, tag: int) -> str:
     return vr
 
 
-def _text(ds: Dataset, tag: int) -> str:
-    """The value as text (multiple values joined by backslash); "" when unusable."""
+def text_of(ds: Dataset, tag: int | str) -> str:
+    """The value as text (multiple values joined by backslash); "" when unusable.
+
+    Plain ASCII text still as received is read from its bytes: converting it would cost
+    more than the rest of its de-identification, and its bytes could no longer be copied
+    as they came when the instance is written (see ``ingest/encoding.py``).
+    """
     try:
-        value = ds[tag].value
+        raw = ds.get_item(tag)
     except Exception:
         return ""
-    if value is None:
+    if isinstance(raw, RawDataElement) and raw.VR in _ASCII_VRS:
+        value = raw.value
+        if isinstance(value, bytes) and value.isascii() and b"\x1b" not in value:
+            return value.decode("ascii").strip("\0 ")
+    try:
+        converted = ds[tag].value
+    except Exception:
         return ""
-    if isinstance(value, MultiValue | list):
-        return "\\".join(str(v) for v in value)
-    if isinstance(value, bytes):
+    if converted is None:
         return ""
-    return str(value).strip("\0 ")
+    if isinstance(converted, MultiValue | list):
+        return "\\".join(str(v) for v in converted)
+    if isinstance(converted, bytes):
+        return ""
+    return str(converted).strip("\0 ")
 
 
 def _set(ds: Dataset, tag: int, vr: str, value: Any) -> None:
@@ -391,16 +405,24 @@ def age_string(birth: date, on: date) -> str | None:
 def compute_age(ds: Dataset, date_keywords: Iterable[str]) -> str | None:
     """The patient's age at the first usable date of ``date_keywords`` (original dates)."""
     try:
-        birth = parse_date(str(ds.get("PatientBirthDate", "") or ""))
+        birth = parse_date(text_of(ds, "PatientBirthDate"))
     except ValueError:
         return None
     for keyword in date_keywords:
         try:
-            on = parse_date(str(ds.get(keyword, "") or ""))
+            on = parse_date(text_of(ds, keyword))
         except ValueError:
             continue
         return age_string(birth, on)
     return None
 
 
-__all__ = ["MAX_DEPTH", "Context", "ProfileWalker", "age_string", "compute_age", "format_date"]
+__all__ = [
+    "MAX_DEPTH",
+    "Context",
+    "ProfileWalker",
+    "age_string",
+    "compute_age",
+    "format_date",
+    "text_of",
+]

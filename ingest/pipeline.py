@@ -21,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from catalog import CatalogWriter, IndexOutcome, InstanceRecord, extract, to_dicom_json
 from catalog.quarantine import QuarantineOutcome
 from deid import Deidentifier, DeidRejectedError
+from ingest.encoding import encode
 from ingest.model import Expected, IngestResult, Outcome, Source
 from storage import BlobRef, BlobStore, StorageError
 
@@ -107,7 +108,7 @@ class Ingestor:
         except DeidRejectedError as exc:
             raise _RejectedError(Outcome.REJECTED_DEID, str(exc)) from exc
         dataset = deidentified.dataset
-        data = encode(dataset) if deidentified.changed else raw
+        data = encode(dataset, raw) if deidentified.changed else raw
 
         uids = _stored_uids(dataset)
         result = IngestResult(
@@ -283,16 +284,6 @@ def validate(dataset: Dataset, expected: Expected | None) -> None:
         raise _RejectedError(
             Outcome.REJECTED_MISMATCH, "Study Instance UID differs from the study of the request"
         )
-
-
-def encode(dataset: Dataset) -> bytes:
-    """Write a (changed) data set as a Part 10 file in its own transfer syntax."""
-    meta = dataset.file_meta
-    meta.MediaStorageSOPClassUID = dataset.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
-    buffer = BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 def _stored_uids(dataset: Dataset) -> dict[str, str]:
