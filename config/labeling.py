@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, IPvAnyNetwork, field_validator
 
 
 class ImportColumns(BaseModel):
@@ -69,6 +69,13 @@ class LabelingSettings(BaseModel):
     )
     mllp_port: int = Field(
         default=2575, ge=0, le=65535, description="MLLP port (0: any free port)."
+    )
+    mllp_allowed_sources: list[IPvAnyNetwork] = Field(
+        default_factory=list,
+        description=(
+            "Addresses or networks (e.g. 10.20.0.0/16) the RIS may send reports from; "
+            "connections from elsewhere are closed unanswered. Empty: any address."
+        ),
     )
     tasks_file: Path | None = Field(
         default=None,

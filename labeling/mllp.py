@@ -14,7 +14,9 @@ import asyncio
 import logging
 import threading
 import traceback
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address
 
 from hl7.mllp import HL7StreamReader, HL7StreamWriter, InvalidBlockError, start_hl7_server
 
@@ -27,12 +29,24 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
 class MllpServer:
-    """Listens on ``host:port`` and hands every message to ``intake`` (in worker threads)."""
+    """Listens on ``host:port`` and hands every message to ``intake`` (in worker threads).
 
-    def __init__(self, intake: ReportIntake, host: str, port: int, workers: int = 4) -> None:
+    With ``allowed_sources``, connections from any other address are closed unanswered.
+    """
+
+    def __init__(
+        self,
+        intake: ReportIntake,
+        host: str,
+        port: int,
+        *,
+        allowed_sources: Sequence[IPv4Network | IPv6Network] = (),
+        workers: int = 4,
+    ) -> None:
         self.intake = intake
         self.host = host
         self.requested_port = port
+        self.allowed_sources = tuple(allowed_sources)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="mllp")
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
@@ -72,7 +86,12 @@ class MllpServer:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     async def _client(self, reader: HL7StreamReader, writer: HL7StreamWriter) -> None:
-        peer = "{}:{}".format(*(writer.get_extra_info("peername") or ("?", "?"))[:2])
+        address, port = (writer.get_extra_info("peername") or ("?", "?"))[:2]
+        peer = f"{address}:{port}"
+        if not self._allowed(str(address)):
+            log.warning("MLLP connection from %s refused: not in mllp_allowed_sources", peer)
+            writer.close()
+            return
         loop = asyncio.get_running_loop()
         try:
             while True:
@@ -102,6 +121,17 @@ class MllpServer:
             return
         finally:
             writer.close()
+
+    def _allowed(self, address: str) -> bool:
+        if not self.allowed_sources:
+            return True
+        try:
+            source = ip_address(address)
+        except ValueError:
+            return False
+        if isinstance(source, IPv6Address) and source.ipv4_mapped is not None:
+            source = source.ipv4_mapped
+        return any(source in network for network in self.allowed_sources)
 
     def _handle(self, block: bytes, header: Header, peer: str) -> str:
         """The ACK for one message."""

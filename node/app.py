@@ -219,7 +219,10 @@ class Node:
         app = build_http_app(self.core, self.metrics)
         self.mllp = (
             MllpServer(
-                self.core.report_intake, settings.labeling.mllp_host, settings.labeling.mllp_port
+                self.core.report_intake,
+                settings.labeling.mllp_host,
+                settings.labeling.mllp_port,
+                allowed_sources=settings.labeling.mllp_allowed_sources,
             )
             if settings.labeling.mllp_enabled
             else None
