@@ -138,7 +138,7 @@ class ProfileWalker:
         vr = _vr(ds, tag)
         if tag == PATIENT_ID:
             self._remember(ds, tag, vr, context)
-            issuer = str(ds.get(ISSUER_OF_PATIENT_ID, "") or "") if depth else context.issuer
+            issuer = text_of(ds, ISSUER_OF_PATIENT_ID) if depth else context.issuer
             original = text_of(ds, tag)
             pseudo = (
                 context.pseudo_patient_id

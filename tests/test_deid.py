@@ -288,6 +288,21 @@ def test_references_between_instances_stay_consistent_and_dates_keep_their_inter
     assert not a.get("PatientBirthDate")
 
 
+def test_a_patient_id_inside_a_kept_sequence_gets_the_pseudonym_of_its_own_issuer() -> None:
+    """A nested Patient ID meets the same patient's top-level pseudonym (same ID, issuer)."""
+    elsewhere = sample()
+    elsewhere.PatientID, elsewhere.IssuerOfPatientID = "MRN-77", "OTHER-HOSP"
+    ds = sample()
+    reference = Dataset()
+    reference.PatientID, reference.IssuerOfPatientID = "MRN-77", "OTHER-HOSP"
+    reference.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+    ds.ReferencedImageSequence = Sequence([reference])
+    stage = deidentifier()
+    nested = stage.deidentify(ds).dataset.ReferencedImageSequence[0].PatientID
+    assert nested == stage.deidentify(elsewhere).dataset.PatientID
+    assert nested != "MRN-77"
+
+
 def test_age_is_computed_from_the_original_dates_and_descriptors_are_cleaned() -> None:
     ds = make_instance()
     del ds.PatientAge
