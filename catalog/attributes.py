@@ -10,6 +10,8 @@ from typing import Any, TypeVar
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+from catalog.dicomjson import raw_values
+
 _DATE = re.compile(r"^(\d{4})\.?(\d{2})\.?(\d{2})$")
 _N = TypeVar("_N", int, float)
 _TIME = re.compile(r"^(\d{2})(?::?(\d{2})(?::?(\d{2})(\.\d{1,6})?)?)?$")
@@ -109,11 +111,15 @@ def normalize_time(value: str | None) -> str | None:
 
 def text(ds: Dataset, keyword: str, limit: int | None = None) -> str | None:
     """The value of ``keyword`` as text (multiple values joined by ``\\``), ``None`` if empty."""
-    value = ds.get(keyword)
-    if value is None or value == "":
-        return None
-    result = "\\".join(str(v) for v in value) if isinstance(value, MultiValue) else str(value)
-    result = result.strip()
+    values = raw_values(ds, keyword)
+    if values is not None and all(isinstance(v, str) for v in values):
+        result = "\\".join(values).strip()
+    else:
+        value = ds.get(keyword)
+        if value is None or value == "":
+            return None
+        result = "\\".join(str(v) for v in value) if isinstance(value, MultiValue) else str(value)
+        result = result.strip()
     if not result:
         return None
     return result[:limit] if limit else result
@@ -131,9 +137,13 @@ def decimal(ds: Dataset, keyword: str) -> float | None:
 
 def _first_number(ds: Dataset, keyword: str, kind: Callable[[Any], _N]) -> _N | None:
     try:
-        value = ds.get(keyword)
-        if isinstance(value, MultiValue):
-            value = value[0] if value else None
+        values = raw_values(ds, keyword)
+        if values is not None:
+            value = values[0] if values else None
+        else:
+            value = ds.get(keyword)
+            if isinstance(value, MultiValue):
+                value = value[0] if value else None
         return None if value is None or value == "" else kind(value)
     except (TypeError, ValueError, OverflowError):
         return None

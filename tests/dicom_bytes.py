@@ -9,6 +9,26 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
+# pydicom's own test files, as their authors encoded them: big endian, implicit VR, group
+# lengths, nested sequences, RT, SR and waveform objects, JPEG, JPEG 2000 and RLE fragments,
+# a deflated data set. (Local files only: others would be downloaded.)
+PYDICOM_SAMPLES = (
+    "CT_small.dcm",
+    "MR_small.dcm",
+    "MR_small_bigendian.dcm",
+    "MR_small_implicit.dcm",
+    "rtplan.dcm",
+    "rtdose.dcm",
+    "test-SR.dcm",
+    "waveform_ecg.dcm",
+    "JPEG2000.dcm",
+    "GDCMJ2K_TextGBR.dcm",
+    "SC_rgb_jpeg_dcmtk.dcm",
+    "MR_small_RLE.dcm",
+    "SC_rgb_rle_32bit.dcm",
+    "image_dfl.dcm",
+)
+
 
 def part10(ds: Dataset) -> bytes:
     buffer = BytesIO()
