@@ -48,36 +48,50 @@ def encode(dataset: Dataset, received: bytes | None = None) -> bytes:
         dataset.save_as(buffer, enforce_file_format=True)
         return buffer.getvalue()
 
-    out = DicomBytesIO()
-    out.is_little_endian, out.is_implicit_VR = True, False
-    out.write(dataset.preamble or _PREAMBLE)
-    out.write(b"DICM")
-    write_file_meta_info(out, meta, enforce_standard=True)
-    out.is_little_endian, out.is_implicit_VR = little, implicit
-    _write_body(out, dataset, received)
-    return out.getvalue()
+    head = _buffer(little_endian=True, implicit_vr=False)
+    head.write(dataset.preamble or _PREAMBLE)
+    head.write(b"DICM")
+    write_file_meta_info(head, meta, enforce_standard=True)
+    return b"".join([head.getvalue(), *_body(dataset, received, little, implicit)])
 
 
-def _write_body(out: DicomBytesIO, dataset: Dataset, received: bytes) -> None:
-    """The top-level elements in tag order, runs of unchanged raw elements as slices."""
-    tag_format = struct.Struct("<HH" if out.is_little_endian else ">HH")
+def _body(
+    dataset: Dataset, received: bytes, little: bool, implicit: bool
+) -> list[bytes | memoryview]:
+    """The top-level elements in tag order: runs of unchanged raw elements as views of
+    ``received`` (copied once, by the final join), changed elements written by pydicom."""
+    stream = memoryview(received)
+    tag_format = struct.Struct("<HH" if little else ">HH")
     encoding = dataset.get("SpecificCharacterSet", "iso8859")
+    parts: list[bytes | memoryview] = []
+    written = _buffer(little, implicit)
     run_start = run_end = 0
     for tag in sorted(dataset.keys()):
         if tag.element == 0 and tag.group > 6:
             continue  # retired group lengths are not written (PS3.5 7.2)
         element = dataset.get_item(tag)
-        span = _raw_span(element, out.is_implicit_VR)
-        if span and received[span[0] : span[0] + 4] == tag_format.pack(tag.group, tag.element):
+        span = _raw_span(element, implicit)
+        if span and stream[span[0] : span[0] + 4] == tag_format.pack(tag.group, tag.element):
+            if written.tell():
+                parts.append(written.getvalue())
+                written = _buffer(little, implicit)
             if span[0] != run_end:
-                out.write(received[run_start:run_end])
+                parts.append(stream[run_start:run_end])
                 run_start = span[0]
             run_end = span[1]
             continue
-        out.write(received[run_start:run_end])
-        run_start = run_end = 0
-        write_data_element(out, element, encoding)
-    out.write(received[run_start:run_end])
+        if run_end:
+            parts.append(stream[run_start:run_end])
+            run_start = run_end = 0
+        write_data_element(written, element, encoding)
+    parts.extend((stream[run_start:run_end], written.getvalue()))
+    return parts
+
+
+def _buffer(little_endian: bool, implicit_vr: bool) -> DicomBytesIO:
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = little_endian, implicit_vr
+    return buffer
 
 
 def _raw_span(element: DataElement | RawDataElement, implicit: bool) -> tuple[int, int] | None:

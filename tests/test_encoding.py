@@ -16,33 +16,15 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 from config import DeidSettings
 from deid import ProfileDeidentifier, Pseudonymizer
 from ingest import encoding
+from tests.dicom_bytes import PYDICOM_SAMPLES
 from tests.synthetic import SyntheticSpec, generate, generate_transfer_syntax_variants
 
 KEY = b"k" * 32
-# pydicom's test files, as their authors encoded them, cover odd corners: big endian,
-# implicit VR, group lengths, nested sequences, RT, SR and waveform objects,
-# JPEG, JPEG 2000 and RLE fragments, a deflated data set.
-PYDICOM_FILES = (
-    "CT_small.dcm",
-    "MR_small.dcm",
-    "MR_small_bigendian.dcm",
-    "MR_small_implicit.dcm",
-    "rtplan.dcm",
-    "rtdose.dcm",
-    "test-SR.dcm",
-    "waveform_ecg.dcm",
-    "JPEG2000.dcm",
-    "GDCMJ2K_TextGBR.dcm",
-    "SC_rgb_jpeg_dcmtk.dcm",
-    "MR_small_RLE.dcm",
-    "SC_rgb_rle_32bit.dcm",
-    "image_dfl.dcm",
-)
 SETTINGS = DeidSettings(burned_in_policy="accept_flagged")
 
 
 def _sources(tmp_path: Path) -> Iterator[tuple[str, bytes]]:
-    for name in PYDICOM_FILES:
+    for name in PYDICOM_SAMPLES:
         yield name, Path(get_testdata_file(name)).read_bytes()
     for uid, path in generate_transfer_syntax_variants(tmp_path / "variants").items():
         yield uid, path.read_bytes()
