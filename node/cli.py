@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import sys
 import threading
 from collections import Counter
 from dataclasses import asdict
@@ -36,6 +37,9 @@ from node.cli_common import (
 from node.cli_deid import register as register_deid
 from node.cli_export import cohort_app, export
 from node.cli_labels import labels_app, reports_app
+
+GIL_SWITCH_INTERVAL = 0.001
+"""Seconds a thread holds the GIL while another waits (Python's default: 0.005)."""
 
 app = typer.Typer(
     name="pacsnode",
@@ -90,6 +94,10 @@ def serve(
         log_level=log_level,
     )
     configure_logging(settings.log_level)
+    # pynetdicom hands every PDU between an association's thread and its DUL thread; with
+    # Python's default 5 ms GIL switch interval each handoff can wait that long. Measured
+    # with 1 ms: a 500-match C-FIND 385 -> 298 ms, C-STORE throughput unchanged.
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
