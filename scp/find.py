@@ -27,7 +27,7 @@ from catalog.query import ATTRIBUTES, QueryError, QueryLevel, parse_query, resol
 from config import Settings
 from scp.handlers import source_of
 from scp.outbound import set_nodelay
-from scp.retrieve import PATIENT_ROOT_MODELS, IdentifierError
+from scp.retrieve import PATIENT_ROOT_MODELS, IdentifierError, query_retrieve_level
 from scp.status import QueryRetrieveStatus, status_dataset
 
 log = logging.getLogger(__name__)
@@ -55,23 +55,7 @@ class FindRequest:
 
 def read_identifier(identifier: Dataset, patient_root: bool) -> FindRequest:
     """The query a C-FIND Identifier asks; raises :class:`IdentifierError` (no value quoted)."""
-    try:
-        level_text = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
-    except Exception:
-        raise IdentifierError(
-            QueryRetrieveStatus.UNABLE_TO_PROCESS, "Identifier cannot be decoded"
-        ) from None
-    if level_text not in QueryLevel.__members__:
-        raise IdentifierError(
-            QueryRetrieveStatus.IDENTIFIER_DOES_NOT_MATCH,
-            "QueryRetrieveLevel must be PATIENT, STUDY, SERIES or IMAGE",
-        )
-    level = QueryLevel[level_text]
-    if level is QueryLevel.PATIENT and not patient_root:
-        raise IdentifierError(
-            QueryRetrieveStatus.IDENTIFIER_DOES_NOT_MATCH,
-            "PATIENT level needs the Patient Root model",
-        )
+    level = QueryLevel[query_retrieve_level(identifier, patient_root)]
     keys: dict[str, str | list[str]] = {}
     returned: list[tuple[BaseTag, str]] = []
     sequences: list[str] = []

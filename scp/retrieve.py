@@ -85,6 +85,28 @@ class IdentifierError(ValueError):
         self.comment = comment
 
 
+def query_retrieve_level(identifier: Dataset, patient_root: bool) -> str:
+    """The Identifier's QueryRetrieveLevel (PATIENT, STUDY, SERIES or IMAGE), checked
+    against the information model; raises :class:`IdentifierError` otherwise."""
+    try:
+        level = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
+    except Exception:
+        raise IdentifierError(
+            QueryRetrieveStatus.UNABLE_TO_PROCESS, "Identifier cannot be decoded"
+        ) from None
+    if level not in RetrieveLevel.__members__:
+        raise IdentifierError(
+            QueryRetrieveStatus.IDENTIFIER_DOES_NOT_MATCH,
+            "QueryRetrieveLevel must be PATIENT, STUDY, SERIES or IMAGE",
+        )
+    if level == RetrieveLevel.PATIENT and not patient_root:
+        raise IdentifierError(
+            QueryRetrieveStatus.IDENTIFIER_DOES_NOT_MATCH,
+            "PATIENT level needs the Patient Root model",
+        )
+    return level
+
+
 def retrieve_keys(identifier: Dataset, patient_root: bool) -> RetrieveKeys:
     """The unique keys of a C-MOVE or C-GET Identifier (PS3.4 C.4.2.2.1).
 
@@ -92,23 +114,7 @@ def retrieve_keys(identifier: Dataset, patient_root: bool) -> RetrieveKeys:
     the levels above it, optional, narrow the match; a unique key below the level is refused,
     since ignoring it would send more than was asked for.
     """
-    try:
-        level_value = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
-    except Exception:
-        raise IdentifierError(
-            QueryRetrieveStatus.UNABLE_TO_PROCESS, "Identifier cannot be decoded"
-        ) from None
-    if level_value not in RetrieveLevel.__members__:
-        raise IdentifierError(
-            QueryRetrieveStatus.IDENTIFIER_DOES_NOT_MATCH,
-            "QueryRetrieveLevel must be PATIENT, STUDY, SERIES or IMAGE",
-        )
-    level = RetrieveLevel(level_value)
-    if level is RetrieveLevel.PATIENT and not patient_root:
-        raise IdentifierError(
-            QueryRetrieveStatus.IDENTIFIER_DOES_NOT_MATCH,
-            "PATIENT level needs the Patient Root model",
-        )
+    level = RetrieveLevel(query_retrieve_level(identifier, patient_root))
     depth = [lvl for lvl, _ in _UNIQUE_KEYS].index(level)
     values: dict[RetrieveLevel, tuple[str, ...]] = {}
     for index, (key_level, keyword) in enumerate(_UNIQUE_KEYS):
