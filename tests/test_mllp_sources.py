@@ -12,7 +12,7 @@ from hl7.client import MLLPClient
 from sqlalchemy import func, select
 
 from catalog.models import Report
-from config import load_settings
+from config import ConfigError, load_settings
 from labeling.mllp import MllpServer
 from node.app import Core, build_core
 from tests.peers import HOST
@@ -71,3 +71,17 @@ def test_an_allowed_source_is_answered(core: Core) -> None:
         server.stop()
     assert b"MSA|AA|C9" in answer
     assert reports(core) == 1
+
+
+def test_allowed_sources_come_from_the_environment_and_bad_ones_are_named(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PACSNODE_LABELING__MLLP_ALLOWED_SOURCES", '["10.20.0.0/16", "192.0.2.7"]')
+    settings = load_settings(data_dir=tmp_path)
+    assert settings.labeling.mllp_allowed_sources == [
+        ip_network("10.20.0.0/16"),
+        ip_network("192.0.2.7/32"),
+    ]
+    monkeypatch.setenv("PACSNODE_LABELING__MLLP_ALLOWED_SOURCES", '["10.20.1.2/16"]')
+    with pytest.raises(ConfigError, match=r"mllp_allowed_sources"):
+        load_settings(data_dir=tmp_path)
