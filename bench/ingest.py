@@ -3,11 +3,15 @@ parallel associations, to pacsnode, Orthanc, dcmtk storescp and a bare pynetdico
 side by side in one run. See bench/README.md.
 
     python -m bench.ingest [--instances-approx 2000] [--small] [--out results.json]
-                           [--keep-data DIR] [--deid-off]
+                           [--keep-data DIR] [--deid-off] [--targets pacsnode,bare,...]
 
 pacsnode is measured twice: de-identifying (the default) and, as ``pacsnode-nodeid``, with
 ``PACSNODE_DEID__ENABLED=false``, so the cost of de-identification is printed side by side
 (target: at most +20 % ingest time). ``--deid-off`` measures only the latter.
+
+``bare-durable`` is the bare receiver writing through pacsnode's blob store (atomic write, the
+file and its folder fsynced): ``bare-durable / bare`` is the most any receiver that fsyncs
+before acknowledging can reach against the bare one.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from tests.synthetic import SyntheticSpec, generate
 
 CACHE: Final = Path(__file__).resolve().parent / ".cache"
 SYNTHETIC_SOURCE: Final = Path(__file__).resolve().parents[1] / "tests" / "synthetic.py"
-TARGETS: Final = ("pacsnode", "orthanc", "storescp", "bare", "pacsnode-nodeid")
+TARGETS: Final = ("pacsnode", "orthanc", "storescp", "bare", "bare-durable", "pacsnode-nodeid")
 ASSOCIATIONS: Final = (1, 4)
 SMALL_SPEC: Final = SyntheticSpec(patients=3, ct_slices=10, mr_slices=5, rows=128, columns=128)
 
@@ -137,10 +141,11 @@ def serve(target: str, run_dir: Path, expected: int) -> Iterator[Endpoint]:
         with storescp(received, port=free_port()) as peer:
             yield Endpoint(peer.port, peer.aet, None)
             held = sum(1 for _ in received.iterdir())
-    elif target == "bare":
-        with bare_receiver(received, port=free_port()) as peer:
+    elif target in ("bare", "bare-durable"):
+        durable = target == "bare-durable"
+        with bare_receiver(received, port=free_port(), durable=durable) as peer:
             yield Endpoint(peer.port, peer.aet, peer.pid)
-            held = sum(1 for _ in received.iterdir())
+            held = sum(1 for _ in received.rglob("*.dcm"))
     else:
         raise ValueError(f"unknown target {target!r}")
     if held != expected:
@@ -205,6 +210,8 @@ def ratios(runs: Sequence[Run]) -> dict[str, float]:
         if ("pacsnode", n) in speed and (peer, n) in speed
     }
     for n in ASSOCIATIONS:
+        if ("bare-durable", n) in speed and ("bare", n) in speed:
+            figures[f"bare-durable/bare@{n}"] = speed["bare-durable", n] / speed["bare", n]
         if ("pacsnode", n) in speed and ("pacsnode-nodeid", n) in speed:
             figures[f"deid_overhead@{n}"] = speed["pacsnode-nodeid", n] / speed["pacsnode", n] - 1
     return figures
@@ -227,15 +234,23 @@ def print_report(runs: Sequence[Run], figures: dict[str, float]) -> None:
             "-" if r.peak_rss_bytes is None else f"{r.peak_rss_bytes / 2**20:.0f}",
         )
     console.print(table)
-    ratio_table = Table(title="pacsnode / peer (instances/s)")
-    ratio_table.add_column("assoc.", justify="right")
-    for peer in TARGETS[1:]:
-        ratio_table.add_column(f"pacsnode/{peer}", justify="right")
+    peers = [p for p in TARGETS[1:] if any(f"pacsnode/{p}@{n}" in figures for n in ASSOCIATIONS)]
+    if peers:
+        ratio_table = Table(title="pacsnode / peer (instances/s)")
+        ratio_table.add_column("assoc.", justify="right")
+        for peer in peers:
+            ratio_table.add_column(f"pacsnode/{peer}", justify="right")
+        for n in ASSOCIATIONS:
+            cells = [figures.get(f"pacsnode/{peer}@{n}") for peer in peers]
+            ratio_table.add_row(str(n), *("-" if c is None else f"{c:.2f}" for c in cells))
+        console.print(ratio_table)
     for n in ASSOCIATIONS:
-        cells = [figures.get(f"pacsnode/{peer}@{n}") for peer in TARGETS[1:]]
-        ratio_table.add_row(str(n), *("-" if c is None else f"{c:.2f}" for c in cells))
-    console.print(ratio_table)
-    for n in ASSOCIATIONS:
+        durable = figures.get(f"bare-durable/bare@{n}")
+        if durable is not None:
+            console.print(
+                f"fsync alone: the durable bare receiver does {durable:.2f} of the bare "
+                f"one's instances/s ({n} association(s))"
+            )
         if f"deid_overhead@{n}" in figures:
             console.print(
                 f"de-identification adds {figures[f'deid_overhead@{n}']:+.1%} ingest time "
@@ -254,8 +269,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="run pacsnode only with PACSNODE_DEID__ENABLED=false (no de-identification)",
     )
+    parser.add_argument(
+        "--targets",
+        type=lambda text: text.split(","),
+        default=list(TARGETS),
+        metavar="A,B,...",
+        help=f"which targets to run (default all: {','.join(TARGETS)})",
+    )
     args = parser.parse_args(argv)
-    targets = [t for t in TARGETS if t != "pacsnode"] if args.deid_off else list(TARGETS)
+    unknown = set(args.targets) - set(TARGETS)
+    if unknown:
+        parser.error(f"unknown target(s) {', '.join(sorted(unknown))}; choose from {TARGETS}")
+    targets = [t for t in TARGETS if t in args.targets and not (args.deid_off and t == "pacsnode")]
 
     spec = SMALL_SPEC if args.small else spec_for(args.instances_approx)
     files = cached_dataset(spec)

@@ -46,6 +46,8 @@ from pynetdicom import (
 )
 from pynetdicom.events import Event
 
+from storage import FilesystemBlobStore
+
 HOST: Final = "127.0.0.1"
 REPO_ROOT: Final = Path(__file__).resolve().parents[1]
 DCMTK_DIR: Final = Path("/usr/bin")
@@ -327,10 +329,15 @@ def bare_receiver(
     port: int,
     aet: str = "BARE",
     max_pdu: int = 1048576,
+    durable: bool = False,
     log_path: Path | None = None,
 ) -> Iterator[ReceiverPeer]:
     """The cheapest pynetdicom C-STORE SCP, in its own process: writes what it gets, nothing
-    more. It shows what pacsnode costs on top of pynetdicom itself."""
+    more. It shows what pacsnode costs on top of pynetdicom itself.
+
+    ``durable`` writes each instance through pacsnode's blob store instead (atomic, the file
+    and its folder fsynced, sha256 taken) before answering: what durability alone costs.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     log = log_path or out_dir.with_name(out_dir.name + ".log")
     cmd = [
@@ -346,6 +353,7 @@ def bare_receiver(
         aet,
         "--max-pdu",
         str(max_pdu),
+        *(["--durable"] if durable else []),
     ]
     proc = _spawn(cmd, log, _env(False), cwd=REPO_ROOT)
     with _running(proc):
@@ -353,16 +361,22 @@ def bare_receiver(
         yield ReceiverPeer(port, aet, proc.pid, out_dir, log)
 
 
-def _serve_bare_receiver(out_dir: Path, port: int, aet: str, max_pdu: int) -> None:
+def _serve_bare_receiver(
+    out_dir: Path, port: int, aet: str, max_pdu: int, *, durable: bool
+) -> None:
     ae = AE(ae_title=aet)
     ae.maximum_pdu_size = max_pdu
     for context in [*AllStoragePresentationContexts, *VerificationPresentationContexts]:
         assert context.abstract_syntax is not None
         ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
     counter = itertools.count()  # next() on a count is atomic under the GIL
+    blobs = FilesystemBlobStore(out_dir) if durable else None
 
     def on_store(event: Event) -> int:
-        (out_dir / f"{next(counter):08d}.dcm").write_bytes(event.encoded_dataset())
+        if blobs is not None:
+            blobs.put(event.encoded_dataset())
+        else:
+            (out_dir / f"{next(counter):08d}.dcm").write_bytes(event.encoded_dataset())
         return 0x0000
 
     stop = threading.Event()
@@ -694,9 +708,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     bare.add_argument("--port", type=int, required=True)
     bare.add_argument("--aet", default="BARE")
     bare.add_argument("--max-pdu", type=int, default=1048576)
+    bare.add_argument(
+        "--durable", action="store_true", help="write through pacsnode's fsyncing blob store"
+    )
     args = parser.parse_args(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    _serve_bare_receiver(args.out_dir, args.port, args.aet, args.max_pdu)
+    _serve_bare_receiver(args.out_dir, args.port, args.aet, args.max_pdu, durable=args.durable)
     return 0
 
 

@@ -14,6 +14,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
+from storage import FilesystemBlobStore
 from tests.peers import (
     HOST,
     PeerError,
@@ -104,6 +105,20 @@ def test_bare_receiver_writes_what_it_gets(tmp_path: Path, files: list[Path]) ->
         result = storescu(files[0].parent, port=peer.port, aet_called=peer.aet, associations=3)
         assert result.ok, result.output
         assert sop_instance_uids(list(peer.out_dir.iterdir())) == sop_instance_uids(files)
+    assert_gone(peer.pid)
+
+
+@pytest.mark.slow
+def test_durable_bare_receiver_stores_through_the_blob_store(
+    tmp_path: Path, files: list[Path]
+) -> None:
+    with bare_receiver(tmp_path / "received", port=free_port(), durable=True) as peer:
+        result = storescu(files[0].parent, port=peer.port, aet_called=peer.aet)
+        assert result.ok, result.output
+        store = FilesystemBlobStore(peer.out_dir)
+        stored = [store.path_of(key) for key in store.keys(prefix="")]
+        assert sop_instance_uids(stored) == sop_instance_uids(files)
+        assert not list(store.stale_temporaries(older_than=-1))
     assert_gone(peer.pid)
 
 
