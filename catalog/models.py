@@ -199,9 +199,10 @@ class VaultEntry(Base):
 
 
 class AuditEvent(Base):
-    """Who did what to which pseudonym (re-identification, vault scans, quarantine review).
+    """Who did what, when: re-identification, vault scans, quarantine review, cohorts, exports.
 
-    ``target`` is always a pseudonym or a stored (de-identified) UID, never an original.
+    ``target`` is a pseudonym, a stored (de-identified) UID, a cohort or an export run, never
+    an original identifier.
     """
 
     __tablename__ = "audit_event"

@@ -18,12 +18,14 @@ from typing import Final
 
 from cryptography.fernet import Fernet, InvalidToken
 from pydantic import SecretBytes
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
 
+from catalog.audit import record_audit
 from catalog.db import Database
-from catalog.models import AuditEvent, VaultEntry, utcnow
+from catalog.models import VaultEntry, utcnow
 
 KINDS: Final = ("patient", "study", "series", "accession")
 _CACHE_LIMIT: Final = 200_000
@@ -92,7 +94,7 @@ class Vault:
                     VaultEntry.kind == kind, VaultEntry.pseudonym == pseudonym
                 )
             )
-            _audit(session.connection(), actor, f"reidentify_{kind}", pseudonym, token)
+            _audit(session, actor, f"reidentify_{kind}", pseudonym, token)
         return None if token is None else self._decrypt(token)
 
     def studies_of(self, patient_pseudonym: str, *, actor: str) -> list[dict[str, str]]:
@@ -107,7 +109,7 @@ class Vault:
                 .order_by(VaultEntry.id)
             ).all()
             _audit(
-                session.connection(),
+                session,
                 actor,
                 "reidentify_studies",
                 patient_pseudonym,
@@ -118,7 +120,7 @@ class Vault:
     def all_originals(self, *, actor: str, action: str) -> Iterator[VaultRecord]:
         """Every row, decrypted (for ``pacsnode deid check``); audited once, as ``*``."""
         with self.db.write() as session:
-            _audit(session.connection(), actor, action, "*", "")
+            _audit(session, actor, action, "*", "")
         with self.db.read() as session:
             rows = session.execute(
                 select(
@@ -134,18 +136,7 @@ class Vault:
     def audit(self, actor: str, action: str, target: str, outcome: str) -> None:
         """Record an action on the archive that is not a vault read (e.g. a release)."""
         with self.db.write() as session:
-            session.connection().execute(
-                insert(AuditEvent),
-                [
-                    {
-                        "at": utcnow(),
-                        "actor": actor[:256],
-                        "action": action,
-                        "target": target[:128],
-                        "outcome": outcome,
-                    }
-                ],
-            )
+            record_audit(session, actor, action, target, outcome)
 
     def _decrypt(self, token: str) -> dict[str, str]:
         try:
@@ -155,16 +146,5 @@ class Vault:
         return {str(k): str(v) for k, v in data.items()}
 
 
-def _audit(connection: Connection, actor: str, action: str, target: str, token: str | None) -> None:
-    connection.execute(
-        insert(AuditEvent),
-        [
-            {
-                "at": utcnow(),
-                "actor": actor[:256],
-                "action": action,
-                "target": target[:128],
-                "outcome": "found" if token is not None else "not_found",
-            }
-        ],
-    )
+def _audit(session: Session, actor: str, action: str, target: str, token: str | None) -> None:
+    record_audit(session, actor, action, target, "found" if token is not None else "not_found")

@@ -15,9 +15,9 @@ from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.orm import Session
 
 from catalog import Database
+from catalog.audit import record_audit
 from catalog.models import Cohort, CohortInstance, CohortSeries, Instance, utcnow
 from config.export import ExportSettings
-from export.audit import record
 from export.definition import CohortDefinition, check_cohort_name
 from export.errors import (
     AlreadyFrozenError,
@@ -187,7 +187,7 @@ class Cohorts:
             )
             session.add(row)
             session.flush()
-            record(session, actor, "cohort_define", f"cohort:{name}@{row.version}")
+            record_audit(session, actor, "cohort_define", f"cohort:{name}@{row.version}")
             return _info(row)
 
     # ---------------------------------------------------------------------------- read
@@ -278,7 +278,7 @@ class Cohorts:
                 info.definition, frozen_json, series_rows, instance_rows
             )
             cohort.frozen_at = utcnow()
-            record(session, actor, "cohort_freeze", f"cohort:{info.ref}")
+            record_audit(session, actor, "cohort_freeze", f"cohort:{info.ref}")
             session.flush()
             return _info(cohort, len(series_rows), len(instance_rows))
 

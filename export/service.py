@@ -20,10 +20,10 @@ from typing import Literal, TypeVar, get_args
 from sqlalchemy import insert, select, update
 
 from catalog import Database
+from catalog.audit import record_audit
 from catalog.models import ExportRun, utcnow
 from config.export import ExportSettings
 from export.archive import ZipStream
-from export.audit import record
 from export.cohorts import Cohorts, FrozenCohort, FrozenSeries
 from export.errors import DiskFullError, ExportError, FrozenDataChangedError
 from export.folder import (
@@ -316,7 +316,7 @@ class Exporter:
                     "message": "",
                 },
             ).scalar_one()
-            record(session, actor, "export", _audit_target(run_id, cohort), "started")
+            record_audit(session, actor, "export", _audit_target(run_id, cohort), "started")
         return int(run_id)
 
     def _finish(
@@ -349,7 +349,7 @@ class Exporter:
             actor, format_name = session.execute(
                 select(ExportRun.actor, ExportRun.format).where(ExportRun.id == run_id)
             ).one()
-            record(session, actor, "export", _audit_target(run_id, cohort), status)
+            record_audit(session, actor, "export", _audit_target(run_id, cohort), status)
         return ExportSummary(
             run_id=run_id,
             cohort=cohort.info.ref,
