@@ -59,6 +59,15 @@ class QueryRetrieveSettings(BaseModel):
             "refused with 0x0124)."
         ),
     )
+    commitment_delay: float = Field(
+        default=1.0,
+        ge=0,
+        description=(
+            "Seconds after answering a Storage Commitment N-ACTION before its result may go on "
+            "the requesting association: a modality that releases it at once (expecting the "
+            "result on a new association) has done so by then. A longer check is not delayed."
+        ),
+    )
     commitment_timeout: float = Field(
         default=10.0,
         gt=0,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 import logging
 import threading
+import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import Final, cast
@@ -208,19 +209,28 @@ class StorageCommitmentSCP:
             source.remote,
             len(references),
         )
-        self._workers.submit(self._commit, event.assoc, source, transaction_uid, references)
+        self._workers.submit(
+            self._commit, event.assoc, source, transaction_uid, references, time.monotonic()
+        )
         return _status(ActionStatus.SUCCESS), None
 
     def _has_destination(self, source: Source) -> bool:
         return self.qr.destination(source.calling_aet or "") is not None
 
     def _commit(
-        self, assoc: Association, source: Source, transaction_uid: str, references: list[Reference]
+        self,
+        assoc: Association,
+        source: Source,
+        transaction_uid: str,
+        references: list[Reference],
+        answered_at: float,
     ) -> None:
         try:
             result = check_commitment(self.ingestor, references, source)
             event_type, report = event_report(transaction_uid, result)
-            if self.qr.commitment_same_association and self._report_on(assoc, event_type, report):
+            if self.qr.commitment_same_association and self._report_on(
+                assoc, event_type, report, answered_at
+            ):
                 log.info(
                     "storage commitment result (event type %d) reported to %s on its association",
                     event_type,
@@ -237,14 +247,20 @@ class StorageCommitmentSCP:
                 "".join(traceback.format_tb(exc.__traceback__)),
             )
 
-    def _report_on(self, assoc: Association, event_type: EventType, report: Dataset) -> bool:
+    def _report_on(
+        self, assoc: Association, event_type: EventType, report: Dataset, answered_at: float
+    ) -> bool:
         """Report on the requesting association; False when it is closed or the report was
         not answered with Success within ``qr.commitment_timeout``.
 
-        A modality that releases the association just as the report goes out never answers
-        it (and waits for its release to be answered): pynetdicom then aborts the association
-        after the timeout, and the report goes over a new association.
+        Not before ``qr.commitment_delay`` after the N-ACTION was answered: a modality that
+        releases the association just as the report goes out never answers it (pynetdicom
+        ignores it during the release), while the node, waiting for that answer, cannot
+        answer the release; both would wait until the timeout aborts the association.
         """
+        pause = answered_at + self.qr.commitment_delay - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
         with self._reporting:
             if not assoc.is_established:
                 return False

@@ -148,6 +148,7 @@ class Request:
     status: int
     transaction_uid: str
     on_association: list[Report] = field(default_factory=list)
+    released: bool = False  # the node answered the release (not an abort after a timeout)
 
 
 def request_commitment(
@@ -191,6 +192,7 @@ def request_commitment(
     if wait_on_association and request.status == 0:
         request.on_association.append(received.get(timeout=REPORT_WAIT))
     assoc.release()
+    request.released = assoc.is_released
     return request
 
 
@@ -238,6 +240,7 @@ def node_settings(data_dir: Path, listener_port: int, **qr: Any) -> Settings:
         fsync=False,
         qr={
             "destinations": [{"ae_title": MODALITY, "host": HOST, "port": listener_port}],
+            "commitment_delay": 0.3,
             "commitment_timeout": 5.0,
             **qr,
         },
@@ -347,6 +350,7 @@ def test_released_association_gets_the_report_on_a_new_one_to_its_destination(
     refs = [reference("CT_small.dcm"), reference("MR_small.dcm")]
     request = request_commitment(node.port, refs, wait_on_association=False)
     assert request.status == 0
+    assert request.released  # no report raced the release into a deadlock
     report = fresh_listener.next()
     assert report.via == "listener"
     assert report.scp_role_proposed is True  # PS3.4 J.3.3.1.3: the node asks to be the SCP
@@ -359,9 +363,10 @@ def test_unknown_ae_without_destination_and_closed_association_is_logged(
     node: Node, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    request_commitment(
+    request = request_commitment(
         node.port, [reference("CT_small.dcm")], calling=STRANGER, wait_on_association=False
     )
+    assert request.released
     wait_for(caplog, "result for CT99 (127.0.0.1:")
     assert "qr.destinations has no entry for that AE title" in caplog.text
     assert echo(node.port) == 0  # the node goes on
