@@ -1,4 +1,5 @@
-"""Settings of Query/Retrieve: where C-MOVE and ``pacsnode send`` may send instances."""
+"""Settings of Query/Retrieve: where C-MOVE and ``pacsnode send`` may send instances, and
+where Storage Commitment results go."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ class DicomDestination(BaseModel):
 
 
 class QueryRetrieveSettings(BaseModel):
-    """C-FIND, C-MOVE and C-GET (section ``[qr]``)."""
+    """C-FIND, C-MOVE, C-GET and Storage Commitment (section ``[qr]``)."""
 
     model_config = {"extra": "forbid"}
 
@@ -31,7 +32,8 @@ class QueryRetrieveSettings(BaseModel):
         default_factory=list,
         description=(
             "Peers that C-MOVE and `pacsnode send` may send to, each with ae_title, host and "
-            "port. A C-MOVE to an AE title not listed is refused (0xA801)."
+            "port. A C-MOVE to an AE title not listed is refused (0xA801). A modality's entry "
+            "(its AE title as it calls) is also where its Storage Commitment results go."
         ),
     )
     max_find_results: int = Field(
@@ -46,6 +48,34 @@ class QueryRetrieveSettings(BaseModel):
         default=30.0,
         gt=0,
         description="Seconds to wait for a peer when sending (association, DIMSE).",
+    )
+    commitment_same_association: bool = Field(
+        default=True,
+        description=(
+            "Storage Commitment: send the result (N-EVENT-REPORT) on the association that "
+            "carried the request while the modality keeps it open, and over a new association "
+            "to the calling AE title's destination only when that fails; false: always over a "
+            "new association (a request from an AE title without a destination is then "
+            "refused with 0x0124)."
+        ),
+    )
+    commitment_delay: float = Field(
+        default=1.0,
+        ge=0,
+        description=(
+            "Seconds after answering a Storage Commitment N-ACTION before its result may go on "
+            "the requesting association: a modality that releases it at once (expecting the "
+            "result on a new association) has done so by then. A longer check is not delayed."
+        ),
+    )
+    commitment_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description=(
+            "Seconds to wait for the modality to answer a Storage Commitment result: on the "
+            "requesting association (unanswered, it is aborted and a new association is "
+            "tried), and over a new association (connection, association, answer)."
+        ),
     )
 
     @model_validator(mode="after")

@@ -37,9 +37,17 @@ class Deidentifier(Protocol):
         """De-identify ``dataset`` in memory; raise :class:`DeidRejectedError` to refuse it."""
         ...
 
+    def stored_uid(self, original: str) -> str:
+        """The UID an instance received with UID ``original`` is stored under (Storage
+        Commitment finds by it what a sender names by the UIDs it sent)."""
+        ...
+
 
 class PassThroughDeidentifier:
     """Stores instances as received: for archives that hold no patient data to protect."""
 
     def deidentify(self, dataset: Dataset) -> Deidentified:
         return Deidentified(dataset, changed=False)
+
+    def stored_uid(self, original: str) -> str:
+        return original.strip("\0 ")

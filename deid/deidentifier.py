@@ -134,6 +134,13 @@ class ProfileDeidentifier:
             quarantine=bool(flagged) and self.burned_in.policy == "quarantine",
         )
 
+    def stored_uid(self, original: str) -> str:
+        """The UID ``original`` becomes (the profile's U action: a pseudonym, unless UIDs
+        are retained)."""
+        if Option.RETAIN_UIDS in self.profile.options:
+            return original.strip("\0 ")
+        return self.pseudonyms.uid(original)
+
     # ------------------------------------------------------------------ steps
 
     def _context(self, ds: Dataset) -> Context:
@@ -169,7 +176,7 @@ class ProfileDeidentifier:
         ]
         study_uid = text_of(ds, "StudyInstanceUID")
         accession = text_of(ds, "AccessionNumber")
-        pseudo_study = self._pseudo_uid(study_uid)
+        pseudo_study = self.stored_uid(study_uid)
         records.append(
             VaultRecord(
                 "study",
@@ -187,7 +194,7 @@ class ProfileDeidentifier:
         records.append(
             VaultRecord(
                 "series",
-                self._pseudo_uid(series_uid),
+                self.stored_uid(series_uid),
                 patient,
                 {"series_instance_uid": series_uid, "study_instance_uid": study_uid},
             )
@@ -202,11 +209,6 @@ class ProfileDeidentifier:
                 )
             )
         return records
-
-    def _pseudo_uid(self, original: str) -> str:
-        if Option.RETAIN_UIDS in self.profile.options:
-            return original
-        return self.pseudonyms.uid(original)
 
     def _record_method(self, ds: Dataset, context: Context) -> None:
         """PS3.15 E.1.1: say that and how the instance was de-identified."""

@@ -77,7 +77,7 @@ def check(
     for prefix in _PREFIXES:
         indexed = dict(_indexed(db, prefix))
         for key, (uid, sha256, size) in indexed.items():
-            problem = _check_blob(blobs, key, uid, sha256, size, verify_hashes)
+            problem = check_blob(blobs, key, uid, sha256, size, verify_hashes)
             if problem:
                 report.problems.append(problem)
         report.instances += len(indexed)
@@ -127,9 +127,11 @@ def _indexed(db: Database, prefix: str) -> Iterator[tuple[str, tuple[str, str, i
             yield key, (uid, sha256, size)
 
 
-def _check_blob(
-    blobs: BlobStore, key: str, uid: str, sha256: str, size: int, verify_hashes: bool
+def check_blob(
+    blobs: BlobStore, key: str, uid: str, sha256: str, size: int, verify_hashes: bool = True
 ) -> Problem | None:
+    """The problem of one stored instance's blob (missing, or not its recorded size and
+    sha256), or None when it is intact. Other read errors of the store are raised."""
     try:
         if blobs.stat(key).size != size:
             return Problem(ProblemKind.CORRUPT, uid)

@@ -1,5 +1,6 @@
-"""The node's Application Entity: C-ECHO, C-STORE for every storage SOP class, and
-Query/Retrieve (C-FIND, C-MOVE, C-GET) in the Patient Root and Study Root models."""
+"""The node's Application Entity: C-ECHO, C-STORE for every storage SOP class,
+Query/Retrieve (C-FIND, C-MOVE, C-GET) in the Patient Root and Study Root models, and
+Storage Commitment (Push Model)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
     PatientRootQueryRetrieveInformationModelMove,
+    StorageCommitmentPushModel,
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
@@ -24,6 +26,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from config import Settings
 from ingest import Ingestor
 from scp import find, handlers, retrieve
+from scp.commitment import StorageCommitmentSCP
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +43,14 @@ class DicomServer:
         db, blobs = ingestor.catalog.db, ingestor.blobs
         self.settings = settings
         self.ae = build_ae(settings)
+        self.commitment = StorageCommitmentSCP(ingestor, settings)
         self._handlers: list[EventHandler] = [
             (evt.EVT_C_ECHO, handlers.handle_echo),
             (evt.EVT_C_STORE, handlers.handle_store, [ingestor]),
             (evt.EVT_C_FIND, find.handle_find, [db, settings]),
             (evt.EVT_C_MOVE, retrieve.handle_move, [db, blobs, settings.qr]),
             (evt.EVT_C_GET, retrieve.handle_get, [db, blobs]),
+            (evt.EVT_N_ACTION, self.commitment.handle_n_action),
             (evt.EVT_ACCEPTED, handlers.handle_accepted),
             (evt.EVT_REJECTED, handlers.handle_rejected),
             (evt.EVT_RELEASED, handlers.handle_released),
@@ -103,8 +108,8 @@ QUERY_RETRIEVE_MODELS = (
 
 
 def build_ae(settings: Settings) -> AE:
-    """An AE that accepts Verification, every storage SOP class in every transfer syntax, and
-    the Query/Retrieve models.
+    """An AE that accepts Verification, every storage SOP class in every transfer syntax, the
+    Query/Retrieve models and Storage Commitment.
 
     Storage contexts accept the SCP/SCU role selection a C-GET requestor proposes (it acts as
     the storage SCP for the instances sent back on its association). Of the transfer syntaxes
@@ -121,6 +126,7 @@ def build_ae(settings: Settings) -> AE:
     ae.add_supported_context(Verification)
     for model in QUERY_RETRIEVE_MODELS:
         ae.add_supported_context(model)
+    ae.add_supported_context(StorageCommitmentPushModel)
     for context in AllStoragePresentationContexts:
         if context.abstract_syntax is not None:
             ae.add_supported_context(
