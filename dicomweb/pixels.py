@@ -241,9 +241,14 @@ class _Decoder:
         can decode it)."""
         ds = self.source
         if self.syntax == ExplicitVRBigEndian:
-            pixels = self.frame_stack()
-            ds.PixelData = _little_endian_bytes(ds, pixels)
-            ds["PixelData"].VR = "OW" if int(ds.BitsAllocated) > 8 else "OB"
+            try:
+                pixels = pixel_array(ds)
+            except Exception as exc:
+                raise PixelDataError(_reason(exc)) from None
+            keyword = next(k for k in PIXEL_KEYWORDS if k in ds)
+            setattr(ds, keyword, _little_endian_bytes(ds, pixels))
+            if keyword == "PixelData":
+                ds["PixelData"].VR = "OW" if int(ds.BitsAllocated) > 8 else "OB"
             ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
             ds.set_original_encoding(False, True, ds.original_character_set)  # write it as LE
             return ds
@@ -257,12 +262,6 @@ class _Decoder:
                 raise PixelDataError(_reason(exc)) from None
             self.source = _gdcm_decoded(self.raw, self.decoded_size, _reason(exc))
             return self.source
-
-    def frame_stack(self) -> np.ndarray[Any, Any]:
-        try:
-            return pixel_array(self.source)
-        except Exception as exc:
-            raise PixelDataError(_reason(exc)) from None
 
 
 def _little_endian_bytes(ds: Dataset, pixels: np.ndarray[Any, Any]) -> bytes:
@@ -283,7 +282,8 @@ def transcode(raw: bytes, target: str) -> bytes:
     if _has_pixels(ds):
         if not can_transcode(stored, target, True):
             raise CannotTranscodeError(target)
-        ds = _Decoder(ds, raw).native()
+        if UID(stored).is_compressed or stored == ExplicitVRBigEndian:
+            ds = _Decoder(ds, raw).native()
         if target in ENCODABLE:
             _compress(ds, target)
     elif target not in UNCOMPRESSED:
