@@ -53,6 +53,14 @@ class DicomwebSettings(BaseModel):
         ge=0,
         description="JSON answers this large or larger are gzipped for clients accepting it.",
     )
+    max_frames_per_request: int = Field(
+        1000,
+        ge=1,
+        description=(
+            "Most frame numbers in one WADO-RS /frames request (a longer list is 400); "
+            "the frames are sent one by one as they are made."
+        ),
+    )
     thumbnail_size: int = Field(
         128, ge=16, le=1024, description="Longest side in pixels of /thumbnail images."
     )

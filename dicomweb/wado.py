@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Iterator
+import math
+import re
+from collections.abc import Callable, Iterable, Iterator
 from typing import BinaryIO
 
 from fastapi import APIRouter, HTTPException, Request, Response
@@ -33,8 +35,10 @@ from dicomweb.media import (
 )
 from dicomweb.pixels import (
     FRAME_MEDIA_TYPES,
+    WINDOW_FUNCTIONS,
     CannotTranscodeError,
     FrameNotFoundError,
+    PixelDataError,
     RenderOptions,
     bulkdata,
     can_transcode,
@@ -51,7 +55,11 @@ EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 
 CHUNK = 16 << 20
 BATCH = 4 << 20
+FRAME_BATCH = 1 << 20
 RENDERED_TYPES = ("image/jpeg", "image/png")
+NUMBER = re.compile(r"[0-9]{1,10}")
+"""A whole number in a path or query: ASCII digits only (``int`` also takes ``١``, ``+1``,
+``1_0`` and raises on 5,000 digits), at most 10 of them."""
 
 
 def _as_stored(instance: StoredInstance, syntax: str) -> bool:
@@ -169,6 +177,16 @@ def create_wado_router(context: DicomwebContext) -> APIRouter:
                 log.exception("cannot transcode %s to %s", instance.sop_instance_uid, syntax)
                 raise
 
+    def transcoded(instance: StoredInstance, syntax: str) -> bytes:
+        try:
+            return transcode(_read(blobs.open(instance.blob_key)), syntax)
+        except CannotTranscodeError:
+            raise HTTPException(
+                406, "the instance cannot be converted to the transfer syntax asked for"
+            ) from None
+        except PixelDataError as exc:
+            raise undecodable(exc) from None
+
     def retrieve(request: Request, found: list[StoredInstance], single_part: bool) -> Response:
         chosen = choose(request, found, single_part)
 
@@ -177,6 +195,18 @@ def create_wado_router(context: DicomwebContext) -> APIRouter:
                 return instance.transfer_syntax_uid
             return chosen.transfer_syntax
 
+        if len(found) == 1 and not _as_stored(found[0], chosen.transfer_syntax):
+            # One instance to convert: convert it before answering, so a failure is a status.
+            (instance,) = found
+            data = transcoded(instance, chosen.transfer_syntax)
+            part_type = content_type(DICOM, syntax_of(instance))
+            if not chosen.multipart:
+                return Response(
+                    data, media_type=part_type, headers={"ETag": f'"{instance.sha256}"'}
+                )
+            single = MultipartWriter(DICOM)
+            answer = b"".join(single.part(part_type, [data])) + single.end()
+            return Response(answer, media_type=single.content_type)
         if not chosen.multipart:
             (instance,) = found
             return StreamingResponse(
@@ -286,7 +316,7 @@ def create_wado_router(context: DicomwebContext) -> APIRouter:
     def retrieve_frames(
         study: str, series: str, sop: str, frame_list: str, request: Request
     ) -> Response:
-        numbers = _frame_numbers(frame_list)
+        numbers = _frame_numbers(frame_list, context.settings.max_frames_per_request)
         (instance,) = instances(study, series, sop)
         part_types = [OCTET_STREAM, *sorted(set(FRAME_MEDIA_TYPES.values()))]
         try:
@@ -299,6 +329,7 @@ def create_wado_router(context: DicomwebContext) -> APIRouter:
         except NotAcceptableError as exc:
             raise HTTPException(406, str(exc)) from None
         raw = _read(blobs.open(instance.blob_key))
+        damaged: PixelDataError | None = None
         for option in options:
             syntax: str | None = option.transfer_syntax
             if option.part_type != OCTET_STREAM and syntax == EXPLICIT_VR_LITTLE_ENDIAN:
@@ -311,16 +342,21 @@ def create_wado_router(context: DicomwebContext) -> APIRouter:
                 raise HTTPException(404, str(exc)) from None
             except CannotTranscodeError:
                 continue
-            if option.part_type != OCTET_STREAM and any(
-                FRAME_MEDIA_TYPES.get(ts) != option.part_type for ts, _ in encoded
+            except PixelDataError as exc:
+                damaged = damaged or exc  # another representation may still be possible
+                continue
+            if (
+                option.part_type != OCTET_STREAM
+                and FRAME_MEDIA_TYPES.get(encoded.transfer_syntax) != option.part_type
             ):
                 continue
             writer = MultipartWriter(option.part_type)
-            body = b"".join(
-                b"".join(writer.part(content_type(option.part_type, ts), [data]))
-                for ts, data in encoded
+            header = content_type(option.part_type, encoded.transfer_syntax)
+            return StreamingResponse(
+                _frame_batches(writer, header, encoded.parts), media_type=writer.content_type
             )
-            return Response(body + writer.end(), media_type=writer.content_type)
+        if damaged is not None:
+            raise undecodable(damaged)
         raise HTTPException(406, "the frames cannot be sent in a media type asked for")
 
     # ---------------------------------------------------------------------------- bulkdata
@@ -348,6 +384,8 @@ def create_wado_router(context: DicomwebContext) -> APIRouter:
             value = bulkdata(_read(blobs.open(instance.blob_key)), steps)
         except CannotTranscodeError:
             raise HTTPException(406, "the pixel data cannot be decompressed here") from None
+        except PixelDataError as exc:
+            raise undecodable(exc) from None
         if value is None:
             raise _not_found("bulk data")
         if single and not (multipart and accepted[0].media_type.startswith("multipart")):
@@ -375,6 +413,8 @@ def create_wado_router(context: DicomwebContext) -> APIRouter:
             raise HTTPException(404, str(exc)) from None
         except CannotTranscodeError:
             raise HTTPException(406, "this instance's pixel data cannot be decoded here") from None
+        except PixelDataError as exc:
+            raise undecodable(exc) from None
         return Response(picture, media_type=options.media_type, headers={"ETag": f'"{etag}"'})
 
     for suffix, thumbnail in (("rendered", False), ("thumbnail", True)):
@@ -419,8 +459,8 @@ def _add_rendered_routes(
         name=f"frame_{suffix}",
     )
     def frame_picture(study: str, series: str, sop: str, frame: str, request: Request) -> Response:
-        (number,) = _frame_numbers(frame)
-        return rendered(request, instances(study, series, sop), number, thumbnail)
+        numbers = _frame_numbers(frame, 1)
+        return rendered(request, instances(study, series, sop), numbers[0], thumbnail)
 
 
 def _not_modified(request: Request, etag: str) -> bool:
@@ -428,14 +468,41 @@ def _not_modified(request: Request, etag: str) -> bool:
     return bool(wanted) and (wanted.strip() == "*" or f'"{etag}"' in wanted)
 
 
-def _frame_numbers(frame_list: str) -> list[int]:
-    try:
-        numbers = [int(item) for item in frame_list.split(",")]
-    except ValueError:
-        raise HTTPException(400, "frame list must be frame numbers separated by commas") from None
-    if not numbers or any(n < 1 for n in numbers):
+def _frame_numbers(frame_list: str, most: int) -> list[int]:
+    """The frame numbers of a ``/frames/{list}`` path: at most ``most``, each from 1."""
+    items = frame_list.split(",", most)
+    if len(items) > most:
+        if most == 1:
+            raise HTTPException(400, "a rendered frame is one frame number")
+        raise HTTPException(400, f"at most {most} frame numbers in one request")
+    if not all(NUMBER.fullmatch(item) for item in items):
+        raise HTTPException(
+            400, "the frame list must be frame numbers (digits 0-9) separated by commas"
+        )
+    numbers = [int(item) for item in items]
+    if any(n < 1 for n in numbers):
         raise HTTPException(400, "frame numbers start at 1")
     return numbers
+
+
+def undecodable(exc: PixelDataError) -> HTTPException:
+    """422 for stored pixel data no decoder here can read (or that contradicts its attributes)."""
+    return HTTPException(422, f"the stored pixel data cannot be decoded: {exc}")
+
+
+def _frame_batches(writer: MultipartWriter, header: str, parts: Iterable[bytes]) -> Iterator[bytes]:
+    """A multipart body of frames, made and sent in batches of about FRAME_BATCH bytes: one
+    frame list never holds more than a batch (and the frames being made) in memory."""
+    batch: list[bytes] = []
+    size = 0
+    for data in parts:
+        batch.extend(writer.part(header, [data]))
+        size += len(data)
+        if size >= FRAME_BATCH:
+            yield b"".join(batch)
+            batch, size = [], 0
+    batch.append(writer.end())
+    yield b"".join(batch)
 
 
 def _syntax_for_media_type(media_type: str, stored: str) -> str | None:
@@ -460,28 +527,43 @@ def _render_options(request: Request, thumbnail_size: int | None) -> RenderOptio
     if media_type is None:
         raise HTTPException(406, "rendered images are available as image/jpeg or image/png")
     params = request.query_params
-    window = None
+    window, function = None, "linear"
     if "window" in params:
         parts = params["window"].split(",")
-        try:
-            center, width = float(parts[0]), float(parts[1])
-        except (ValueError, IndexError):
-            raise HTTPException(400, "window must be center,width[,function]") from None
+        if not 2 <= len(parts) <= 3:
+            raise HTTPException(400, "window must be center,width[,function]")
+        center, width = finite("window center", parts[0]), finite("window width", parts[1])
         if width <= 0:
             raise HTTPException(400, "window width must be positive")
+        if len(parts) == 3:
+            function = parts[2].strip().lower().replace("_", "-")
+            if function not in WINDOW_FUNCTIONS:
+                raise HTTPException(400, f"window function must be one of {WINDOW_FUNCTIONS}")
         window = (center, width)
     size = (thumbnail_size, thumbnail_size) if thumbnail_size else None
     if "viewport" in params:
-        try:
-            width_px, height_px = (int(v) for v in params["viewport"].split(",")[:2])
-        except ValueError:
-            raise HTTPException(400, "viewport must be width,height") from None
+        parts = params["viewport"].split(",")
+        if len(parts) not in (2, 6) or not all(NUMBER.fullmatch(p) for p in parts[:2]):
+            raise HTTPException(400, "viewport must be width,height (pixels)")
+        width_px, height_px = int(parts[0]), int(parts[1])
         if not (0 < width_px <= 4096 and 0 < height_px <= 4096):
             raise HTTPException(400, "viewport sizes must be 1..4096")
         size = (width_px, height_px)
     quality = 90
     if "quality" in params:
-        if not params["quality"].isdigit() or not 1 <= int(params["quality"]) <= 100:
+        text = params["quality"]
+        if not NUMBER.fullmatch(text) or not 1 <= int(text) <= 100:
             raise HTTPException(400, "quality must be an integer 1..100")
-        quality = int(params["quality"])
-    return RenderOptions(media_type, window, size, quality)
+        quality = int(text)
+    return RenderOptions(media_type, window, size, quality, function)
+
+
+def finite(name: str, text: str) -> float:
+    """A decimal number of a query parameter (400 unless finite)."""
+    try:
+        value = float(text) if len(text) <= 64 else math.nan
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise HTTPException(400, f"{name} must be a finite decimal number")
+    return value

@@ -10,13 +10,16 @@ from dicomweb.context import DicomwebContext, check_uid
 from dicomweb.pixels import (
     CannotTranscodeError,
     FrameNotFoundError,
+    PixelDataError,
     RenderOptions,
     can_transcode,
     render,
     transcode,
 )
+from dicomweb.wado import NUMBER, finite, undecodable
 
 _PICTURES = ("image/jpeg", "image/png")
+_MAX_SIDE = 65535
 
 
 def create_wado_uri_router(context: DicomwebContext) -> APIRouter:
@@ -52,6 +55,8 @@ def create_wado_uri_router(context: DicomwebContext) -> APIRouter:
                     return Response(transcode(raw, syntax), media_type="application/dicom")
                 except CannotTranscodeError:
                     continue
+                except PixelDataError as exc:
+                    raise undecodable(exc) from None
             if content_type in _PICTURES:
                 return _picture(raw, content_type, params)
         raise HTTPException(406, "contentType must be application/dicom, image/jpeg or image/png")
@@ -61,27 +66,41 @@ def create_wado_uri_router(context: DicomwebContext) -> APIRouter:
 
 def _picture(raw: bytes, media_type: str, params: QueryParams) -> Response:
     get = params.get
-    try:
-        frame = int(get("frameNumber", "1"))
-        window = None
-        center, width = get("windowCenter"), get("windowWidth")
-        if center is not None and width is not None:
-            window = (float(center), float(width))
-        size = None
-        rows, columns = get("rows"), get("columns")
-        if rows or columns:
-            size = (int(columns or rows or 0), int(rows or columns or 0))
-        quality = int(get("imageQuality", "90"))
-    except ValueError:
-        raise HTTPException(
-            400, "frameNumber, windowCenter, windowWidth, rows, columns, imageQuality: numbers"
-        ) from None
-    if not 1 <= quality <= 100:
+    frame = _integer(params, "frameNumber", 1, 1 << 31)
+    quality = _integer(params, "imageQuality", 90, 100)
+    if quality < 1:
         raise HTTPException(400, "imageQuality must be 1..100")
+    window = None
+    center, width = get("windowCenter"), get("windowWidth")
+    if center is not None and width is not None:
+        window = (finite("windowCenter", center), finite("windowWidth", width))
+        if window[1] <= 0:
+            raise HTTPException(400, "windowWidth must be positive")
+    size = None
+    rows, columns = get("rows"), get("columns")
+    if rows is not None or columns is not None:
+        height = _integer(params, "rows", _MAX_SIDE, _MAX_SIDE)
+        width_px = _integer(params, "columns", _MAX_SIDE, _MAX_SIDE)
+        if height < 1 or width_px < 1:
+            raise HTTPException(400, f"rows and columns must be 1..{_MAX_SIDE}")
+        size = (width_px, height)  # the image fits inside, keeping its aspect
     try:
         picture = render(raw, frame, RenderOptions(media_type, window, size, quality))
     except FrameNotFoundError as exc:
         raise HTTPException(404, str(exc)) from None
     except CannotTranscodeError:
         raise HTTPException(406, "this instance's pixel data cannot be decoded here") from None
+    except PixelDataError as exc:
+        raise undecodable(exc) from None
     return Response(picture, media_type=media_type)
+
+
+def _integer(params: QueryParams, name: str, default: int, most: int) -> int:
+    """A whole-number query parameter (digits 0-9), ``default`` when absent, 400 above
+    ``most``."""
+    text = params.get(name)
+    if text is None:
+        return default
+    if not NUMBER.fullmatch(text) or int(text) > most:
+        raise HTTPException(400, f"{name} must be a whole number 0..{most}")
+    return int(text)

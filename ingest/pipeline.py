@@ -23,6 +23,7 @@ from catalog.quarantine import QuarantineOutcome
 from deid import Deidentifier, DeidRejectedError
 from ingest.encoding import encode
 from ingest.model import Expected, IngestResult, Outcome, Source
+from ingest.pixeldata import pixel_data_problem
 from storage import BlobRef, BlobStore, StorageError
 
 log = logging.getLogger(__name__)
@@ -258,7 +259,8 @@ def _is_truncated(dataset: Dataset, stream_length: int) -> bool:
 
 
 def validate(dataset: Dataset, expected: Expected | None) -> None:
-    """Refuse data sets the catalog cannot index or that contradict their request."""
+    """Refuse data sets the catalog cannot index, whose pixel data cannot hold their image,
+    or that contradict their request."""
     if "TransferSyntaxUID" not in dataset.file_meta:
         raise _RejectedError(Outcome.REJECTED_INVALID, "file meta has no Transfer Syntax UID")
     for keyword in _REQUIRED_UIDS:
@@ -270,6 +272,8 @@ def validate(dataset: Dataset, expected: Expected | None) -> None:
             raise _RejectedError(Outcome.REJECTED_INVALID, f"{keyword} is missing")
         if len(value) > 64 or not _UID.match(value):
             raise _RejectedError(Outcome.REJECTED_INVALID, f"{keyword} is not a valid UID")
+    if problem := pixel_data_problem(dataset):
+        raise _RejectedError(Outcome.REJECTED_INVALID, problem)
     if expected is None:
         return
     if expected.sop_class_uid and expected.sop_class_uid != dataset.SOPClassUID:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -14,6 +15,9 @@ import uvicorn
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from pydicom import config as pydicom_config
+from pydicom.pixels.decoders.base import get_decoder
+from pydicom.pixels.encoders.base import get_encoder
+from pydicom.uid import AllTransferSyntaxes
 from pynetdicom import _config as pynetdicom_config
 
 from catalog import CatalogWriter, Database, catalog_stats
@@ -42,6 +46,9 @@ def configure_libraries() -> None:
     - pynetdicom: never log identifiers of requests and responses, and never spool a
       received data set to a temporary file (it would put PHI on disk before de-id).
     - python-hl7: no warnings (they quote the field being unescaped).
+    - pydicom never calls GDCM, its first pixel plugin once python-gdcm is installed: GDCM
+      can corrupt its heap on a malformed stream, so it only runs in a child process
+      (``dicomweb/gdcm_worker.py``).
     """
     pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
     pydicom_config.settings.writing_validation_mode = pydicom_config.IGNORE
@@ -62,6 +69,10 @@ def configure_libraries() -> None:
     # python-hl7 logs field values (patient data) when it meets an unknown escape sequence
     logging.getLogger("hl7").setLevel(logging.ERROR)
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+    for syntax in AllTransferSyntaxes:
+        for coder in (get_decoder, get_encoder):
+            with contextlib.suppress(NotImplementedError, ValueError):  # none, or gone
+                coder(syntax).remove_plugin("gdcm")
 
 
 class _OverlappingRunFilter(logging.Filter):
