@@ -37,10 +37,16 @@ def encode(dataset: Dataset, received: bytes | None = None) -> bytes:
     meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
     syntax = meta.get("TransferSyntaxUID")
     implicit, little = syntax == ImplicitVRLittleEndian, syntax != ExplicitVRBigEndian
+    read_implicitly = _read_implicitly(dataset)
+    if read_implicitly and not implicit:
+        # Raw elements would be copied (and written) in the wrong encoding: convert them all
+        # so pydicom writes them in the one the file meta declares.
+        dataset.walk(lambda _dataset, _element: None)
     if (
         received is None
         or syntax is None
         or syntax == DeflatedExplicitVRLittleEndian
+        or read_implicitly != implicit
         or dataset.original_encoding != (implicit, little)
         or dataset.original_character_set != dataset._character_set
     ):
@@ -53,6 +59,21 @@ def encode(dataset: Dataset, received: bytes | None = None) -> bytes:
     head.write(b"DICM")
     write_file_meta_info(head, meta, enforce_standard=True)
     return b"".join([head.getvalue(), *_body(dataset, received, little, implicit)])
+
+
+def _read_implicitly(dataset: Dataset) -> bool:
+    """Whether pydicom read the data set's elements as implicit VR.
+
+    A sender may declare explicit VR in the file meta and send implicit VR elements
+    (pydicom's ``SC_rgb_jpeg.dcm``); pydicom then reads them implicitly but still reports
+    the file meta's encoding in ``original_encoding`` (pydicom 3.0). Its raw elements tell:
+    read implicitly, they carry no VR.
+    """
+    for tag in dataset.keys():  # noqa: SIM118 (iterating a Dataset converts elements)
+        element = dataset.get_item(tag)
+        if isinstance(element, RawDataElement):
+            return element.VR is None
+    return bool(dataset.original_encoding[0])
 
 
 def _body(

@@ -138,9 +138,6 @@ def reason(answer: requests.Response) -> str:
 
 # ------------------------------------------------------------------------- the sweep
 
-STORED_WITHOUT_PIXELS = {"test_files/SC_rgb_jpeg.dcm"}
-"""Files ingest stores damaged (see the xfail test below), left out of the sweep."""
-
 
 def test_every_pydicom_file_the_node_accepts_is_served_without_a_500(
     node: NodeProcess, tmp_path: Path
@@ -148,8 +145,6 @@ def test_every_pydicom_file_the_node_accepts_is_served_without_a_500(
     accepted, shown, refused_for_pixels = 0, [], []
     for path in FILES:
         name = str(path.relative_to(ROOT))
-        if name in STORED_WITHOUT_PIXELS:
-            continue
         answer = stow(node, path.read_bytes())
         if answer.status_code != 200:
             if "pixel data has" in answer.headers.get("warning", ""):
@@ -183,14 +178,6 @@ def test_every_pydicom_file_the_node_accepts_is_served_without_a_500(
     assert refused_for_pixels == []  # nothing accepted before is refused for its pixels
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "ingest/encoding.py: a file whose meta says Explicit VR but whose data set is "
-        "implicit (pydicom reads it by falling back) is written as a mix of both when "
-        "de-identified; the stored file loses its pixel data and most attributes"
-    ),
-)
 def test_a_file_pydicom_reads_by_falling_back_to_implicit_vr_keeps_its_pixels(
     node: NodeProcess,
 ) -> None:
