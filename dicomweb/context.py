@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from fastapi import HTTPException, Request, Response
 
@@ -28,6 +29,8 @@ class DicomwebContext:
     blobs: BlobStore
     ingestor: Ingestor
     settings: DicomwebSettings
+    spool_dir: Path | None = None
+    """Folder of the encrypted STOW-RS spool files (``None``: the system's temporary folder)."""
 
     def base_url(self, request: Request) -> str:
         """The DICOMweb root as the client reaches it, never the internal host behind a proxy.

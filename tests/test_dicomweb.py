@@ -444,7 +444,7 @@ def test_stow_truncated_or_malformed_body_is_400_and_nothing_is_stored(
     )
     assert no_boundary.status_code == 400
     wrong_type = requests.post(
-        f"{url}/studies", data=good, headers={"Content-Type": "application/dicom"}, timeout=60
+        f"{url}/studies", data=good, headers={"Content-Type": "application/dicom+json"}, timeout=60
     )
     assert wrong_type.status_code == 415
     assert stored_count(node) == before
