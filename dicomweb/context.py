@@ -17,7 +17,7 @@ from storage import BlobStore
 PREFIX = "/dicom-web"
 """Where the composition root mounts the DICOMweb routers."""
 
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _FORWARDED_PAIR = re.compile(r'(\w+)="?([^";,]+)"?')
 
 
@@ -80,6 +80,6 @@ def _first(value: str | None) -> str | None:
 
 def check_uid(name: str, value: str) -> str:
     """``value`` if it is a UID, else HTTP 400 naming the path parameter."""
-    if len(value) > 64 or not _UID.match(value):
+    if len(value) > 64 or not _UID.fullmatch(value):
         raise HTTPException(400, f"{name} is not a valid UID")
     return value

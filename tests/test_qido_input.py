@@ -136,6 +136,13 @@ def test_bad_value_is_400_naming_the_parameter(
     assert DIGITS_5000[:100] not in detail  # the value is never quoted back
 
 
+@pytest.mark.parametrize("uid", ["1.2.3%0A", "1.2%003", "1.2.%C2%B2", "9" * 65])
+def test_a_path_uid_that_is_not_a_uid_is_400(qido: str, uid: str) -> None:
+    response = requests.get(f"{qido}/studies/{uid}/series", timeout=30)
+    assert response.status_code == 400
+    assert "not a valid UID" in response.json()["detail"]
+
+
 def test_every_bad_value_while_the_node_stays_responsive(node: NodeProcess, qido: str) -> None:
     with stays_responsive(node):
         for path, query, _ in BAD_QUERIES:
