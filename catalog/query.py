@@ -275,12 +275,28 @@ REQUIRED_KEYS: Final[Mapping[QueryLevel, tuple[str, ...]]] = {
 }
 """Keys every answer carries at each level (PS3.18 Table 10.6.3-3..5, PS3.4 C.6)."""
 
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+MAX_VALUE_LENGTH: Final = 1024
+"""Longest matching value (DICOM's longest matchable VRs hold 64 characters per value)."""
+MAX_LIST_VALUES: Final = 1000
+"""Most values of one list key (UIDs, codes): each is one SQL parameter."""
+
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_INTEGER_RANGE: Final = {
+    "IS": (-(2**31), 2**31 - 1),
+    "SL": (-(2**31), 2**31 - 1),
+    "SS": (-(2**15), 2**15 - 1),
+    "UL": (0, 2**32 - 1),
+    "US": (0, 2**16 - 1),
+}
+"""The values an integer VR can hold (PS3.5 6.2): a query beyond them is a mistake."""
 _LIST_SPLIT = re.compile(r"[,\\]")
-_TAG = re.compile(r"^[0-9A-Fa-f]{8}$")
+_TAG = re.compile(r"[0-9A-Fa-f]{8}")
+_KEYWORD = re.compile(r"[A-Za-z0-9]{1,64}")
 _WILDCARD_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT", "AS"})
 _BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 _EMPTY_VALUE = '""'
+_LIST_MATCHES = frozenset({MatchType.UID_LIST, MatchType.CODE, MatchType.MODALITIES})
 
 
 @dataclass(frozen=True)
@@ -323,11 +339,12 @@ class QueryResult:
 
 def resolve_key(key: str) -> int:
     """The tag of an attribute given by keyword (``PatientID``) or tag (``00100020``)."""
-    if _TAG.match(key):
+    if _TAG.fullmatch(key):
         return int(key, 16)
-    tag = tag_for_keyword(key)
+    tag = tag_for_keyword(key) if _KEYWORD.fullmatch(key) else None
     if tag is None:
-        raise QueryError(key, "not a DICOM attribute keyword or tag (e.g. PatientID, 00100020)")
+        shown = key if _KEYWORD.fullmatch(key) else "a key"  # never echo control characters
+        raise QueryError(shown, "not a DICOM attribute keyword or tag (e.g. PatientID, 00100020)")
     return int(tag)
 
 
@@ -409,7 +426,10 @@ def parse_query(
             conditions.append(condition)
 
     for key in include:
-        want(resolve_key(key))
+        try:
+            want(resolve_key(key))
+        except QueryError as exc:
+            raise QueryError("includefield", str(exc)) from None
     return Query(
         level=level,
         conditions=tuple(conditions),
@@ -427,6 +447,11 @@ def _parse_condition(
     key: str, attribute: Attribute, values: list[str], fuzzy: bool
 ) -> Condition | None:
     values = [value.strip() for value in values]
+    for value in values:
+        if "\x00" in value:
+            raise QueryError(key, "contains a NUL character")
+        if len(value) > MAX_VALUE_LENGTH and attribute.match not in _LIST_MATCHES:
+            raise QueryError(key, f"is longer than {MAX_VALUE_LENGTH} characters")
     if len(values) > 1 and attribute.match not in (
         MatchType.UID_LIST,
         MatchType.CODE,
@@ -443,13 +468,15 @@ def _parse_condition(
         raise QueryError(key, f"wildcards are not allowed in a {attribute.vr} value")
     match attribute.match:
         case MatchType.UID_LIST:
-            uids = [uid.strip() for v in values for uid in _LIST_SPLIT.split(v) if uid.strip()]
+            uids = _list_values(key, values)
             for uid in uids:
-                if len(uid) > 64 or not _UID.match(uid):
+                if len(uid) > 64 or not _UID.fullmatch(uid):
                     raise QueryError(key, "not a UID or a list of UIDs separated by commas")
-            return Condition(attribute, "values", tuple(uids))
+            return Condition(attribute, "values", uids)
         case MatchType.CODE | MatchType.MODALITIES:
-            codes = tuple(c.strip() for v in values for c in _LIST_SPLIT.split(v) if c.strip())
+            codes = _list_values(key, values)
+            if any(len(code) > 64 for code in codes):
+                raise QueryError(key, "has a value longer than 64 characters")
             if any("*" in c or "?" in c for c in codes):
                 if len(codes) > 1:
                     raise QueryError(key, "wildcards cannot be combined with a list of values")
@@ -458,11 +485,7 @@ def _parse_condition(
         case MatchType.DATE | MatchType.TIME:
             return _parse_range(key, attribute, value)
         case MatchType.NUMBER:
-            try:
-                number = int(value)
-            except ValueError:
-                raise QueryError(key, "not an integer") from None
-            return Condition(attribute, "values", (str(number),))
+            return Condition(attribute, "values", (str(_integer(key, attribute.vr, value)),))
         case MatchType.PERSON_NAME:
             folded = fold(value) or ""
             if fuzzy:
@@ -475,9 +498,32 @@ def _parse_condition(
             return Condition(attribute, "pattern" if has_wildcard else "values", (value,))
 
 
+def _list_values(key: str, values: list[str]) -> tuple[str, ...]:
+    """The values of a list key (``a,b`` or ``a\\b``, or the key repeated)."""
+    items = tuple(item.strip() for v in values for item in _LIST_SPLIT.split(v) if item.strip())
+    if len(items) > MAX_LIST_VALUES:
+        raise QueryError(key, f"has more than {MAX_LIST_VALUES} values")
+    return items
+
+
+def _integer(key: str, vr: str, value: str) -> int:
+    """An integer in ASCII digits (``int()`` also takes ``١``, ``²``-like digits and ``_``)
+    that the attribute's VR can hold."""
+    low, high = _INTEGER_RANGE.get(vr, _INTEGER_RANGE["IS"])
+    expected = f"not an integer from {low} to {high}"
+    if not _INTEGER.fullmatch(value) or len(value.lstrip("+-0")) > len(str(high)):
+        raise QueryError(key, expected)
+    number = int(value)
+    if not low <= number <= high:
+        raise QueryError(key, expected)
+    return number
+
+
 def _parse_range(key: str, attribute: Attribute, value: str) -> Condition:
     is_date = attribute.match is MatchType.DATE
     expected = "a date YYYYMMDD" if is_date else "a time HHMMSS"
+    if not value.isascii():  # \d in the date and time patterns also takes other digits
+        raise QueryError(key, f"not {expected} or a range of them (a-b, a-, -b)")
     if value.count("-") > 1:
         raise QueryError(key, f"not {expected} or a range of them (a-b, a-, -b)")
     low_text, dash, high_text = value.partition("-")

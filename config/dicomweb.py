@@ -44,8 +44,21 @@ class DicomwebSettings(BaseModel):
         2_000_000_000,
         ge=1,
         description=(
-            "Largest STOW-RS request body accepted (it is held in memory, never spooled to "
-            "disk, because it holds data that is not yet de-identified)."
+            "Largest STOW-RS request body accepted. The body is spooled to a file encrypted "
+            "with a key held only in memory (it is not de-identified yet); memory holds one "
+            "instance at a time."
+        ),
+    )
+    max_stow_instances: int = Field(
+        50_000,
+        ge=1,
+        description="Most instances (parts) in one STOW-RS request; more: 413.",
+    )
+    spool_dir: Path | None = Field(
+        None,
+        description=(
+            "Folder of the encrypted spool files of STOW-RS requests being received (unnamed "
+            "temporary files, gone when the request ends). Default: <data_dir>/spool."
         ),
     )
     gzip_min_bytes: int = Field(

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
 from dicomweb.context import PREFIX, DicomwebContext
+from dicomweb.media import check_header_lengths
 from dicomweb.qido import create_qido_router
 from dicomweb.stow import STOW_FAILURE_REASON, FailureReason, create_stow_router
 from dicomweb.viewer import VIEWER_PATH, create_viewer_router
@@ -21,7 +22,7 @@ DEFAULT_VIEWER_DIR = Path(__file__).resolve().parents[1] / "viewer" / "dist"
 
 def create_routers(context: DicomwebContext) -> list[tuple[str, APIRouter]]:
     """``(prefix, router)`` pairs: DICOMweb under ``/dicom-web``, the viewer at ``/viewer``."""
-    services = APIRouter()
+    services = APIRouter(dependencies=[Depends(check_header_lengths)])
     for router in (
         create_qido_router(context),
         create_wado_router(context),

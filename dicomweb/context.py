@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from fastapi import HTTPException, Request, Response
 
@@ -16,7 +17,7 @@ from storage import BlobStore
 PREFIX = "/dicom-web"
 """Where the composition root mounts the DICOMweb routers."""
 
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _FORWARDED_PAIR = re.compile(r'(\w+)="?([^";,]+)"?')
 
 
@@ -28,6 +29,8 @@ class DicomwebContext:
     blobs: BlobStore
     ingestor: Ingestor
     settings: DicomwebSettings
+    spool_dir: Path | None = None
+    """Folder of the encrypted STOW-RS spool files (``None``: the system's temporary folder)."""
 
     def base_url(self, request: Request) -> str:
         """The DICOMweb root as the client reaches it, never the internal host behind a proxy.
@@ -77,6 +80,6 @@ def _first(value: str | None) -> str | None:
 
 def check_uid(name: str, value: str) -> str:
     """``value`` if it is a UID, else HTTP 400 naming the path parameter."""
-    if len(value) > 64 or not _UID.match(value):
+    if len(value) > 64 or not _UID.fullmatch(value):
         raise HTTPException(400, f"{name} is not a valid UID")
     return value

@@ -1,7 +1,8 @@
 """QIDO-RS (PS3.18 10.6): search for studies, series and instances.
 
 The routes translate QIDO's query parameters into :func:`catalog.query.parse_query` and its
-rows into DICOM JSON with RetrieveURLs; all matching lives in :mod:`catalog.query`.
+rows into DICOM JSON with RetrieveURLs; all matching lives in :mod:`catalog.query`. No match
+is ``200`` with ``[]`` (CP-2473; PS3.18 before it said ``204``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from dicomweb.media import parse_accept
 QIDO_PARAMETERS = ("includefield", "limit", "offset", "fuzzymatching")
 """Query parameters that are not attribute keys (PS3.18 8.3.4)."""
 
+MAX_PAGING = 2**31 - 1
+"""Largest ``limit`` and ``offset`` (a catalog holds fewer rows; SQL takes it)."""
+
 _JSON_TYPES = ("application/dicom+json", "application/json")
 _RETRIEVE_URL = "00081190"
 
@@ -30,6 +34,17 @@ def _check_accept(request: Request) -> str:
             if wanted.matches(media_type):
                 return media_type
     raise HTTPException(406, "search results are available as application/dicom+json only")
+
+
+def _paging_number(name: str, value: str, lowest: int) -> int:
+    """``limit`` or ``offset``: ASCII digits only (``int()`` also takes ``²``-like digits
+    of other scripts and ``_``), from ``lowest`` to :data:`MAX_PAGING`."""
+    if not (value.isascii() and value.isdigit()) or len(value) > len(str(MAX_PAGING)):
+        raise QueryError(name, f"must be an integer from {lowest} to {MAX_PAGING}")
+    number = int(value)
+    if not lowest <= number <= MAX_PAGING:
+        raise QueryError(name, f"must be an integer from {lowest} to {MAX_PAGING}")
+    return number
 
 
 def _parse(
@@ -56,20 +71,17 @@ def _parse(
             if value.lower() not in ("true", "false"):
                 raise QueryError("fuzzymatching", "must be true or false")
             fuzzy = value.lower() == "true"
-        elif lowered in ("limit", "offset"):
-            if not value.isdigit():
-                raise QueryError(lowered, "must be a non-negative integer")
-            if lowered == "offset":
-                offset = int(value)
-            elif int(value) < 1:
-                raise QueryError("limit", "must be a positive integer")
-            elif int(value) > max_results:
+        elif lowered == "offset":
+            offset = _paging_number("offset", value, 0)
+        elif lowered == "limit":
+            wanted = _paging_number("limit", value, 1)
+            if wanted > max_results:
                 warnings.append(
-                    f"The limit {int(value)} exceeds the maximum of {max_results} results "
+                    f"The limit {wanted} exceeds the maximum of {max_results} results "
                     "per answer; the answer is limited to it"
                 )
             else:
-                limit = int(value)
+                limit = wanted
         else:
             keys.setdefault(name, []).append(value)
     for name, value in path_keys.items():
@@ -120,8 +132,6 @@ def create_qido_router(context: DicomwebContext) -> APIRouter:
             warnings.append("There are additional results that can be requested")
         host = request.url.netloc
         headers = {"Warning": ", ".join(f'299 {host} "{w}"' for w in warnings)} if warnings else {}
-        if not result.rows:
-            return Response(status_code=204, headers=headers)
         base = context.base_url(request)
         for row in result.rows:
             row[_RETRIEVE_URL] = {"vr": "UR", "Value": [_retrieve_url(base, level, row)]}

@@ -75,8 +75,19 @@ class Ingestor:
         self.catalog = catalog
         self.listeners = listeners
 
-    def accept(self, raw: bytes, source: Source, expected: Expected | None = None) -> IngestResult:
-        """Run ``raw`` (a DICOM Part 10 byte stream) through the pipeline."""
+    def accept(
+        self,
+        raw: bytes,
+        source: Source,
+        expected: Expected | None = None,
+        *,
+        log_failure: bool = True,
+    ) -> IngestResult:
+        """Run ``raw`` (a DICOM Part 10 byte stream) through the pipeline.
+
+        ``log_failure=False``: the caller logs refusals itself, as a summary of many (a
+        STOW-RS request of 10,000 bad parts logs one line, not 10,000).
+        """
         started = time.perf_counter()
         try:
             result = self._accept(raw, source, expected)
@@ -93,7 +104,8 @@ class Ingestor:
                 Outcome.FAILED_INTERNAL, source, reason=f"internal error ({type(exc).__name__})"
             )
         result = replace(result, seconds=time.perf_counter() - started)
-        self._log(result)
+        if log_failure or result.outcome.success:
+            self._log(result)
         for listener in self.listeners:
             try:
                 listener(result)

@@ -157,7 +157,11 @@ def build_http_app(core: Core, metrics: NodeMetrics) -> FastAPI:
     cohorts."""
     settings = core.settings.dicomweb
     context = DicomwebContext(
-        db=core.db, blobs=core.blobs, ingestor=core.ingestor, settings=settings
+        db=core.db,
+        blobs=core.blobs,
+        ingestor=core.ingestor,
+        settings=settings,
+        spool_dir=settings.spool_dir or core.settings.data_dir / "spool",
     )
     labels = build_label_source(core.report_intake.tasks)
     cohorts = Cohorts(core.db, core.settings.export, labels)

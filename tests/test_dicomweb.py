@@ -157,10 +157,10 @@ def test_paging_through_more_results_than_the_cap(url: str) -> None:
     assert len(set(uids)) == 9
 
 
-def test_no_match_is_204(url: str) -> None:
+def test_no_match_is_200_with_an_empty_array(url: str) -> None:
     response = get(f"{url}/studies?PatientID=nobody")
-    assert response.status_code == 204
-    assert response.content == b""
+    assert response.status_code == 200  # CP-2473; PS3.18 said 204 before
+    assert response.json() == []
 
 
 @pytest.mark.parametrize(
@@ -444,7 +444,7 @@ def test_stow_truncated_or_malformed_body_is_400_and_nothing_is_stored(
     )
     assert no_boundary.status_code == 400
     wrong_type = requests.post(
-        f"{url}/studies", data=good, headers={"Content-Type": "application/dicom"}, timeout=60
+        f"{url}/studies", data=good, headers={"Content-Type": "application/dicom+json"}, timeout=60
     )
     assert wrong_type.status_code == 415
     assert stored_count(node) == before
