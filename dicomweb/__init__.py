@@ -9,6 +9,7 @@ from pathlib import Path
 
 from fastapi import APIRouter
 
+from config import DicomwebSettings
 from dicomweb.context import PREFIX, DicomwebContext
 from dicomweb.qido import create_qido_router
 from dicomweb.stow import STOW_FAILURE_REASON, FailureReason, create_stow_router
@@ -37,6 +38,12 @@ def create_routers(context: DicomwebContext) -> list[tuple[str, APIRouter]]:
     return routers
 
 
+def viewer_home(settings: DicomwebSettings) -> str | None:
+    """The viewer's study list, when the node serves an installed viewer."""
+    dist = settings.viewer_dir or DEFAULT_VIEWER_DIR
+    return f"{VIEWER_PATH}/" if settings.viewer and (dist / "index.html").is_file() else None
+
+
 __all__ = [
     "PREFIX",
     "STOW_FAILURE_REASON",
@@ -44,4 +51,5 @@ __all__ = [
     "DicomwebContext",
     "FailureReason",
     "create_routers",
+    "viewer_home",
 ]

@@ -125,6 +125,12 @@ def test_qido_keeps_empty_attributes_standard(studies: list[Json]) -> None:
 # ------------------------------------------------------------------------- HTTP
 
 
+def test_root_sends_people_to_the_study_list(base: str) -> None:
+    answer = httpx.get(f"{base}/", timeout=10)
+    assert answer.is_redirect
+    assert answer.headers["location"] == "/viewer/"
+
+
 @pytest.mark.parametrize(
     ("path", "status"),
     [("/viewer/%00", 400), ("/viewer/a%00b.js", 400), ("/viewer/" + "a" * 5000, 200)],
