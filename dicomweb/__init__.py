@@ -9,6 +9,7 @@ from pathlib import Path
 
 from fastapi import APIRouter, Depends
 
+from config import DicomwebSettings
 from dicomweb.context import PREFIX, DicomwebContext
 from dicomweb.media import check_header_lengths
 from dicomweb.qido import create_qido_router
@@ -38,6 +39,12 @@ def create_routers(context: DicomwebContext) -> list[tuple[str, APIRouter]]:
     return routers
 
 
+def viewer_home(settings: DicomwebSettings) -> str | None:
+    """The viewer's study list, when the node serves an installed viewer."""
+    dist = settings.viewer_dir or DEFAULT_VIEWER_DIR
+    return f"{VIEWER_PATH}/" if settings.viewer and (dist / "index.html").is_file() else None
+
+
 __all__ = [
     "PREFIX",
     "STOW_FAILURE_REASON",
@@ -45,4 +52,5 @@ __all__ = [
     "DicomwebContext",
     "FailureReason",
     "create_routers",
+    "viewer_home",
 ]

@@ -23,7 +23,7 @@ from pynetdicom import _config as pynetdicom_config
 from catalog import CatalogWriter, Database, catalog_stats
 from config import Settings
 from deid import Deidentifier, NodeSecrets, Pseudonymizer, Vault, build_deid
-from dicomweb import DicomwebContext, create_routers
+from dicomweb import DicomwebContext, create_routers, viewer_home
 from export import CatalogLabels, Cohorts, Exporter, LabelClass, LabelSource, LabelTask
 from ingest import Ingestor, IngestResult, Outcome, ResultListener
 from jobs import JobContext, NodeScheduler
@@ -175,6 +175,7 @@ def build_http_app(core: Core, metrics: NodeMetrics) -> FastAPI:
             ("/api", create_router(core.report_intake)),
             ("/api", cohort_router(cohorts, exporter)),
         ],
+        home=viewer_home(settings) or "/docs",
     )
     if settings.cors_origins:
         app.add_middleware(

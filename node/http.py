@@ -1,4 +1,5 @@
-"""The node's HTTP application: health, metrics, and the routers of the front doors."""
+"""The node's HTTP application: health, metrics, the API pages, and the routers of the front
+doors."""
 
 from __future__ import annotations
 
@@ -6,12 +7,19 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from fastapi import APIRouter, FastAPI, Response
+from fastapi import APIRouter, FastAPI, HTTPException, Response
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.params import Depends
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from catalog import CatalogUnavailableError, Database
 from node.metrics import NodeMetrics
+
+# Swagger UI's JavaScript and CSS (npm swagger-ui-dist), fetched by scripts/setup.sh
+SWAGGER_UI_DIR = Path(__file__).resolve().parents[1] / "vendor" / "swagger-ui"
+DOCS_ASSETS = "/docs/assets"
 
 
 def create_app(
@@ -21,9 +29,13 @@ def create_app(
     metrics: NodeMetrics,
     routers: Sequence[tuple[str, APIRouter]] = (),
     dependencies: Sequence[Depends] = (),
+    home: str = "/docs",
 ) -> FastAPI:
-    """Build the FastAPI app; ``dependencies`` (e.g. authentication) guard every router."""
-    app = FastAPI(title="pacsnode", summary="DICOM archive node")
+    """Build the FastAPI app; ``dependencies`` (e.g. authentication) guard every router;
+    ``/`` sends visitors to ``home``."""
+    app = FastAPI(title="pacsnode", summary="DICOM archive node", docs_url=None, redoc_url=None)
+    _add_home(app, home)
+    _add_api_pages(app, SWAGGER_UI_DIR)
 
     @app.get("/healthz", tags=["system"])
     def healthz(response: Response) -> dict[str, str]:
@@ -47,3 +59,37 @@ def create_app(
     for prefix, router in routers:
         app.include_router(router, prefix=prefix, dependencies=list(dependencies))
     return app
+
+
+def _add_home(app: FastAPI, home: str) -> None:
+    """``/`` until the dashboard has a page there: the viewer's study list, or the API pages."""
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse(home)
+
+
+def _add_api_pages(app: FastAPI, assets: Path) -> None:
+    """Swagger UI at ``/docs`` with its JavaScript and CSS served by the node itself (FastAPI's
+    default page loads them from a CDN and stays blank without internet)."""
+    installed = (assets / "swagger-ui-bundle.js").is_file()
+    if installed:
+        app.mount(DOCS_ASSETS, StaticFiles(directory=assets), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui() -> HTMLResponse:
+        if not installed:
+            raise HTTPException(
+                404,
+                "Swagger UI is not installed: run scripts/setup.sh "
+                f"(the API description is at {app.openapi_url})",
+            )
+        return get_swagger_ui_html(
+            openapi_url=str(app.openapi_url),
+            title=f"{app.title} - API",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+            # no badge from Swagger's online validator: it would send the API's address out
+            swagger_ui_parameters={"validatorUrl": None},
+        )

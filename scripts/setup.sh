@@ -50,5 +50,22 @@ if [ "$(cat viewer/dist/.ohif-version 2>/dev/null)" != "$OHIF_VERSION" ]; then
   echo "$OHIF_VERSION" > viewer/dist/.ohif-version
   rm -rf "$work"
 fi
+# Swagger UI for the API pages at /docs, served by the node (FastAPI's default page loads it
+# from a CDN and is blank without internet): the files of the pinned npm swagger-ui-dist that
+# the page loads, into the git-ignored vendor/swagger-ui/.
+SWAGGER_UI_VERSION=5.35.0
+if [ "$(cat vendor/swagger-ui/.version 2>/dev/null)" != "$SWAGGER_UI_VERSION" ]; then
+  echo "setup: fetching Swagger UI swagger-ui-dist@$SWAGGER_UI_VERSION"
+  work=$(mktemp -d)
+  (cd "$work" && npm pack --silent "swagger-ui-dist@$SWAGGER_UI_VERSION" >/dev/null \
+    && tar xzf swagger-ui-dist-*.tgz)
+  rm -rf vendor/swagger-ui
+  mkdir -p vendor/swagger-ui
+  for file in swagger-ui-bundle.js swagger-ui.css favicon-32x32.png LICENSE; do
+    cp "$work/package/$file" vendor/swagger-ui/
+  done
+  echo "$SWAGGER_UI_VERSION" > vendor/swagger-ui/.version
+  rm -rf "$work"
+fi
 
 echo "setup: done. Run the node with .venv/bin/pacsnode serve, the tests with .venv/bin/python -m pytest"
