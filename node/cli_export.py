@@ -13,15 +13,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
-from sqlalchemy.exc import SQLAlchemyError
 
-from config import Settings
-from export import FORMATS, CohortInfo, Cohorts, Exporter, ExportError
-from node.app import build_core, build_label_source
 from node.cli_common import (
     ConfigOpt,
     DatabaseOpt,
@@ -29,21 +24,23 @@ from node.cli_common import (
     JsonOpt,
     cli_actor,
     cli_settings,
+    command_group,
     err,
     fail,
     out,
     progress_bar,
-    require_catalog,
+    use_archive,
 )
 
-cohort_app = typer.Typer(
+if TYPE_CHECKING:
+    from config import Settings
+    from export import CohortInfo, Cohorts, Exporter
+
+cohort_app = command_group(
+    "Cohorts: saved, versioned queries over the catalog (modality, sequence, body part, "
+    "sex, age, dates, institution, size, labels), balanced and split by patient, frozen "
+    "so that an export can be repeated identically.",
     name="cohort",
-    help=(
-        "Cohorts: saved, versioned queries over the catalog (modality, sequence, body part, "
-        "sex, age, dates, institution, size, labels), balanced and split by patient, frozen "
-        "so that an export can be repeated identically."
-    ),
-    no_args_is_help=True,
 )
 
 CohortArg = Annotated[
@@ -54,7 +51,7 @@ CohortArg = Annotated[
 
 def _load(config: Path | None, data_dir: Path | None, database_url: str | None) -> Settings:
     settings = cli_settings(config, data_dir, database_url)
-    require_catalog(settings)
+    use_archive(settings)
     return settings
 
 
@@ -63,6 +60,11 @@ def _services(
     config: Path | None, data_dir: Path | None, database_url: str | None
 ) -> Iterator[tuple[Cohorts, Exporter]]:
     """The core's cohort and export services; core errors become one ``Error:`` line."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from export import Cohorts, Exporter, ExportError
+    from node.app import build_core, build_label_source
+
     settings = _load(config, data_dir, database_url)
     logging.basicConfig(level="ERROR", stream=sys.stderr, force=True)
     try:
@@ -254,6 +256,8 @@ def preview(
     for task, counts in summary["classes"].items():
         _counts_table(f"label {task}", counts)
     if summary["splits"]:
+        from rich.table import Table
+
         table = Table(title="splits (by patient)")
         for column in ("split", "patients", "series", "classes"):
             table.add_column(column)
@@ -313,6 +317,8 @@ def list_(
     if as_json:
         out.print_json(json.dumps([info.as_json() for info in infos]))
         return
+    from rich.table import Table
+
     table = Table(title="cohorts")
     for column in ("cohort", "id", "created", "frozen", "series", "instances", "manifest sha256"):
         table.add_column(column)
@@ -364,6 +370,8 @@ def export(
     Interrupted (Ctrl-C, full disk)? Run the same command again: files already written and
     verified are kept.
     """
+    from export import FORMATS
+
     if format_name not in FORMATS:
         raise fail(f"unknown format {format_name!r}: use one of {', '.join(FORMATS)}")
     with _services(config, data_dir, database_url) as (cohorts, exporter), _interruptible():
@@ -402,6 +410,8 @@ def _interruptible() -> Iterator[None]:
 
 
 def _counts_table(title: str, counts: dict[str, int]) -> None:
+    from rich.table import Table
+
     if not counts:
         return
     table = Table(title=title)
