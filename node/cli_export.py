@@ -170,14 +170,10 @@ def define(
     as_json: JsonOpt = False,
 ) -> None:
     """Save a cohort definition as the next version of NAME (version 1 if NAME is new)."""
-    definition: dict[str, Any] = {}
-    if from_file is not None:
-        try:
-            definition = json.loads(from_file.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise fail(f"cannot read {from_file}: {exc}") from None
-        definition = definition.get("definition", definition)
-    filters: dict[str, Any] = dict(definition.get("filters", {}))
+    definition = _definition_file(from_file) if from_file is not None else {}
+    filters = definition.get("filters", {})
+    if not isinstance(filters, dict):
+        raise fail("the definition's 'filters' is not a JSON object")
     for key, value in (
         ("modalities", modality),
         ("sequences", sequence),
@@ -186,7 +182,10 @@ def define(
         ("institutions", institution),
     ):
         if value:
-            filters[key] = [*filters.get(key, []), *value]
+            before = filters.get(key, [])
+            if not isinstance(before, list):
+                raise fail(f"the definition's filters.{key} is not a list")
+            filters[key] = [*before, *value]
     for key, scalar in (
         ("age_min", age_min),
         ("age_max", age_max),
@@ -198,9 +197,11 @@ def define(
     ):
         if scalar is not None:
             filters[key] = scalar
+    if label and not isinstance(filters.setdefault("labels", []), list):
+        raise fail("the definition's filters.labels is not a list")
     for text in label or []:
         task, _, classes = text.partition("=")
-        filters.setdefault("labels", []).append(
+        filters["labels"].append(
             {
                 "task": task.strip(),
                 "classes": [c.strip() for c in classes.split(",") if c.strip()],
@@ -432,6 +433,37 @@ def _list_row(info: CohortInfo) -> list[str]:
         "" if info.instances is None else f"{info.instances:,}",
         info.manifest_sha256 or "",
     ]
+
+
+SHOWN_KEYS = frozenset(
+    {"id", "name", "version", "description", "definition", "created_at", "frozen_at"}
+    | {"manifest_sha256", "series", "instances"}
+)
+"""The keys of ``pacsnode cohort show --json`` around its ``definition``."""
+
+
+def _definition_file(path: Path) -> dict[str, Any]:
+    """The definition in ``path``: a bare definition, or a cohort as ``show --json`` prints
+    it. A key of neither kind is refused (a misspelled one would otherwise be dropped)."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise fail(f"cannot read {path}: {exc}") from None
+    if not isinstance(document, dict):
+        raise fail(f"{path} holds no JSON object (a cohort definition is one)")
+    if "definition" not in document:
+        return document
+    unknown = sorted(set(document) - SHOWN_KEYS)
+    if unknown:
+        raise fail(
+            f"{path}: unknown key(s) {', '.join(map(repr, unknown))} beside 'definition' "
+            "(a cohort as 'pacsnode cohort show --json' prints it has "
+            f"{', '.join(sorted(SHOWN_KEYS))})"
+        )
+    inner = document["definition"]
+    if not isinstance(inner, dict):
+        raise fail(f"{path}: 'definition' is not a JSON object")
+    return dict(inner)
 
 
 def _date(value: str | None, option: str) -> str | None:
