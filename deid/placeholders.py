@@ -9,6 +9,7 @@ of them itself as the dummy values of the profile).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Final
 
 PLACEHOLDER_WORDS: Final = frozenset(
@@ -65,3 +66,15 @@ def is_placeholder(value: str | None) -> bool:
         return True
     words = [w for w in _SEPARATORS.split(text) if w]
     return " ".join(words) in PLACEHOLDER_WORDS or all(w in PLACEHOLDER_WORDS for w in words)
+
+
+def common_placeholders() -> Iterator[str]:
+    """The placeholder values systems write most (each placeholder word in three cases, each
+    digit repeated up to 16 times, separators): a finite list, for when only pseudonyms are
+    at hand and the pseudonyms of placeholders must be recognised."""
+    yield from ("-", "--", ".", "^", "*", "?")
+    for word in sorted(PLACEHOLDER_WORDS):
+        yield from {word, word.upper(), word.title()}
+    for digit in "0123456789":
+        for count in range(1, 17):
+            yield digit * count
