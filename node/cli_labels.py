@@ -223,7 +223,10 @@ def evaluate_command(
 @labels_app.command("review")
 def review_command(
     label_id: Annotated[
-        int | None, typer.Argument(help="A study label to decide on; omit to list the queue.")
+        int | None,
+        typer.Argument(
+            help="A study label to decide on; omit to list the queue.", min=1, max=2**63 - 1
+        ),
     ] = None,
     confirm: Annotated[
         bool, typer.Option("--confirm", help="Keep the label's class, confirmed by you.")
@@ -235,7 +238,9 @@ def review_command(
         str | None, typer.Option("--by", help="Your name, kept with the decision.")
     ] = None,
     note: Annotated[str | None, typer.Option(help="Why, kept with the decision.")] = None,
-    limit: Annotated[int, typer.Option(help="How many labels to list.")] = 50,
+    limit: Annotated[
+        int, typer.Option(help="How many labels to list (1 to 1000).", min=1, max=1000)
+    ] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,

@@ -163,3 +163,15 @@ def test_numbers_the_catalog_cannot_compare_are_refused_when_defined(
     )
     assert answer.status_code == 422, answer.text
     assert field in answer.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["labels", "review", HUGE, "--set", "1", "--by", "x"], ["labels", "review", "--limit", HUGE]],
+)
+def test_the_cli_refuses_an_id_no_row_can_have(node: Node, args: list[str]) -> None:
+    """Both reached SQLite and ended in an OverflowError traceback."""
+    result = CliRunner().invoke(app, [*args, "--data-dir", str(node.settings.data_dir)])
+    assert result.exit_code == 2, result.output
+    assert "less than or equal to" in result.stderr
+    assert result.exception is None or isinstance(result.exception, SystemExit)
