@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+from catalog import normalize
 from catalog.dicomjson import raw_values
 
 _DATE = re.compile(r"^(\d{4})\.?(\d{2})\.?(\d{2})$")
@@ -157,7 +158,7 @@ def extract(ds: Dataset, metadata_json: str) -> InstanceRecord:
             issuer_of_patient_id=text(ds, "IssuerOfPatientID", 64) or "",
             patient_name=text(ds, "PatientName", 1024),
             patient_birth_date=normalize_date(text(ds, "PatientBirthDate")),
-            patient_sex=text(ds, "PatientSex", 16),
+            patient_sex=normalize.sex(text(ds, "PatientSex", 16)),
         ),
         study=StudyAttrs(
             study_instance_uid=str(ds.StudyInstanceUID),

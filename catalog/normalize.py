@@ -5,6 +5,7 @@
 - :func:`name_key` gives the word list kept in the ``*_fuzzy`` columns for fuzzy person-name
   matching (QIDO-RS ``fuzzymatching=true``): every word of every component and component
   group, folded, each followed by its Soundex code, so "jon" finds "DOE^JOHN".
+- :func:`sex` gives Patient's Sex as one of the three codes of PS3.3 (``M``, ``F``, ``O``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,16 @@ import jellyfish
 _WORD_SPLIT = re.compile(r"[\s^=,.'\-]+")
 _PHONETIC_MARK = "#"
 """Prefix of a Soundex code in a name key, so a code never equals a folded word."""
+
+
+_SEXES = {"M": "M", "MALE": "M", "F": "F", "FEMALE": "F", "O": "O", "OTHER": "O"}
+
+
+def sex(value: str | None) -> str | None:
+    """Patient's Sex (0010,0040) as ``M``, ``F`` or ``O``, else ``None``: real headers hold
+    ``0000``, ``U``, ``m`` or ``Male``, and only the three codes may reach a cohort filter,
+    a preview or a manifest."""
+    return _SEXES.get((value or "").strip().upper())
 
 
 def fold(value: str | None) -> str | None:

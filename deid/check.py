@@ -7,12 +7,18 @@ Two independent tests per data set, neither of which prints a value it finds:
   private attribute outside the allow-list;
 - the vault: every original value the vault holds (patient IDs, names, birth dates,
   accession numbers, study and series UIDs) found anywhere in the headers, private
-  attributes and file meta included.
+  attributes and file meta included. An original is found as a whole value or as whole
+  words of a longer text ("DOE" is not in "DOES", "ANON" not in "ANONYMIZED"); originals
+  that stand for no value (``ANONYMIZED``, ``UNKNOWN``, ``Test``, ``^^^^``: see
+  :mod:`deid.placeholders`) are not searched, since the node writes some of them itself.
+
+Usable as a gate: an archive the node de-identified has no finding.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Final
@@ -24,6 +30,7 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
 from deid.engine import ACCESSION_NUMBER, PATIENT_ID, PATIENT_NAME
+from deid.placeholders import is_placeholder
 from deid.profile import Action, Option, Profile
 from deid.vault import VaultRecord
 
@@ -63,8 +70,12 @@ class OriginalIndex:
                 label = self._LABELS.get(field)
                 if label is None or not value:
                     continue
+                if is_placeholder(value):
+                    continue
                 tokens = name_variants(value) if field == "patient_name" else {value.strip()}
                 for token in tokens:
+                    if is_placeholder(token):
+                        continue
                     if len(token) >= MIN_ORIGINAL_LENGTH or (
                         len(token) >= 2 and not token.isascii()
                     ):
@@ -74,7 +85,7 @@ class OriginalIndex:
         parts = []
         for token in sorted(labels, key=len, reverse=True):
             escaped = re.escape(token)
-            if token.isascii() and token[0].isalnum() and token[-1].isalnum():
+            if _word_edge(token[0]) and _word_edge(token[-1]):
                 escaped = rf"(?<![\w.]){escaped}(?!\w|\.\d)"
             parts.append(escaped)
         self._pattern = re.compile("|".join(parts), re.IGNORECASE) if parts else None
@@ -85,6 +96,13 @@ class OriginalIndex:
             return None
         match = self._pattern.search(text)
         return self._labels.get(match.group(0).casefold()) if match else None
+
+
+def _word_edge(char: str) -> bool:
+    """Whether a token ending in ``char`` must end a word to match: letters and digits of
+    scripts written with spaces. Ideographs and kana have no word boundaries ("山田" in
+    "山田太郎" is the family name), so such a token matches anywhere."""
+    return char.isalnum() and unicodedata.east_asian_width(char) not in ("W", "F")
 
 
 def name_variants(value: str) -> set[str]:

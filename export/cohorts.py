@@ -18,7 +18,7 @@ from catalog import Database
 from catalog.audit import record_audit
 from catalog.models import Cohort, CohortInstance, CohortSeries, Instance, utcnow
 from config.export import ExportSettings
-from export.definition import CohortDefinition, check_cohort_name
+from export.definition import CohortDefinition, check_cohort_name, parse_cohort_ref
 from export.errors import (
     AlreadyFrozenError,
     CohortNotFoundError,
@@ -622,22 +622,22 @@ def _bin_start(label: str) -> int:
 
 
 def _find(session: Session, ref: str | int) -> Cohort:
-    text = str(ref)
-    if text.isdigit():
-        row = session.get(Cohort, int(text))
-    elif "@" in text:
-        name, _, version = text.partition("@")
-        if not version.isdigit():
-            raise CohortNotFoundError(f"no cohort {text!r}: write name@version, e.g. {name}@1")
+    wanted = parse_cohort_ref(ref)
+    if wanted.id is not None:
+        row = session.get(Cohort, wanted.id)
+    elif wanted.version is not None:
         row = session.scalar(
-            select(Cohort).where(Cohort.name == name, Cohort.version == int(version))
+            select(Cohort).where(Cohort.name == wanted.name, Cohort.version == wanted.version)
         )
     else:
         row = session.scalar(
-            select(Cohort).where(Cohort.name == text).order_by(Cohort.version.desc()).limit(1)
+            select(Cohort)
+            .where(Cohort.name == wanted.name)
+            .order_by(Cohort.version.desc())
+            .limit(1)
         )
     if row is None:
-        raise CohortNotFoundError(f"no cohort {text!r} (pacsnode cohort list shows them)")
+        raise CohortNotFoundError(f"no cohort {str(ref)!r} (pacsnode cohort list shows them)")
     return row
 
 

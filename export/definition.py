@@ -3,13 +3,65 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import date
-from typing import Literal
+from typing import Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, field_validator, model_validator
+
+from export.errors import CohortNotFoundError
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,127}$")
 _GROUPING = re.compile(r"^(sex|modality|sequence|body_part|label:[A-Za-z0-9_.-]+)$")
+
+MAX_ROW_ID: Final = 2**63 - 1
+"""The largest id (or version) a catalog row can have: a signed 64-bit integer."""
+MAX_COUNT: Final = 2**31 - 1
+"""Bound of a count in a definition (instances per series, series per class)."""
+MAX_AGE: Final = 200.0
+MAX_SLICE_THICKNESS: Final = 10_000.0
+
+
+@dataclass(frozen=True)
+class CohortRef:
+    """How a cohort is named: by ``id``, or by ``name`` (its latest version unless
+    ``version``)."""
+
+    id: int | None = None
+    name: str | None = None
+    version: int | None = None
+
+
+def parse_cohort_ref(ref: str | int) -> CohortRef:
+    """Read ``ID``, ``NAME`` or ``NAME@VERSION``.
+
+    Raises :class:`CohortNotFoundError` for what no cohort can be called: a number beyond a
+    64-bit id, a version that is not ASCII digits, a name that is not a cohort name.
+    """
+    text = str(ref)
+    shown = repr(text) if len(text) <= 40 else f"{text[:32]!r}... ({len(text)} characters)"
+    if _is_row_id(text):
+        return CohortRef(id=int(text))
+    name, at, version = text.partition("@")
+    if at and not _is_row_id(version):
+        raise CohortNotFoundError(
+            f"no cohort {shown}: write name@version with a version from 1, e.g. {name[:40]}@1"
+        )
+    if not _NAME.match(name):
+        raise CohortNotFoundError(f"no cohort {shown} (pacsnode cohort list shows them)")
+    return CohortRef(name=name, version=int(version) if at else None)
+
+
+def _is_row_id(text: str) -> bool:
+    """ASCII digits for a number from 1 to :data:`MAX_ROW_ID` (``int()`` would also take
+    "²", "١٢" or a 5,000-digit number, and the database would refuse them)."""
+    digits = text.lstrip("0")
+    return (
+        text.isascii()
+        and text.isdigit()
+        and 0 < len(digits) <= len(str(MAX_ROW_ID))
+        and int(digits) <= MAX_ROW_ID
+    )
 
 
 def check_cohort_name(name: str) -> str:
@@ -31,7 +83,7 @@ class LabelFilter(_Strict):
 
     task: str = Field(min_length=1)
     classes: list[str] = Field(default_factory=list)
-    min_confidence: float | None = Field(default=None, ge=0.0, le=1.0)
+    min_confidence: float | None = Field(default=None, ge=0.0, le=1.0, allow_inf_nan=False)
     reviewed_only: bool = False
 
 
@@ -42,14 +94,18 @@ class Filters(_Strict):
     sequences: list[str] = Field(default_factory=list)
     body_parts: list[str] = Field(default_factory=list)
     sexes: list[Literal["M", "F", "O"]] = Field(default_factory=list)
-    age_min: float | None = Field(default=None, ge=0)
-    age_max: float | None = Field(default=None, ge=0)
+    age_min: float | None = Field(default=None, ge=0, le=MAX_AGE, allow_inf_nan=False)
+    age_max: float | None = Field(default=None, ge=0, le=MAX_AGE, allow_inf_nan=False)
     study_date_from: date | None = None
     study_date_to: date | None = None
     institutions: list[str] = Field(default_factory=list)
-    min_instances: int | None = Field(default=None, ge=1)
-    slice_thickness_min: float | None = Field(default=None, ge=0)
-    slice_thickness_max: float | None = Field(default=None, ge=0)
+    min_instances: int | None = Field(default=None, ge=1, le=MAX_COUNT)
+    slice_thickness_min: float | None = Field(
+        default=None, ge=0, le=MAX_SLICE_THICKNESS, allow_inf_nan=False
+    )
+    slice_thickness_max: float | None = Field(
+        default=None, ge=0, le=MAX_SLICE_THICKNESS, allow_inf_nan=False
+    )
     labels: list[LabelFilter] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -75,7 +131,7 @@ class Balance(_Strict):
 
     by: str
     mode: Literal["undersample", "cap"] = "undersample"
-    cap: int | None = Field(default=None, ge=1)
+    cap: int | None = Field(default=None, ge=1, le=MAX_COUNT)
 
     @field_validator("by")
     @classmethod
@@ -92,7 +148,7 @@ class Balance(_Strict):
 class Split(_Strict):
     """Train/validation/test by patient (no patient in two splits), stratified by ``by``."""
 
-    fractions: dict[str, float] = Field(default_factory=dict)
+    fractions: dict[str, FiniteFloat] = Field(default_factory=dict)
     by: str | None = None
 
     @field_validator("by")
@@ -123,7 +179,7 @@ class CohortDefinition(_Strict):
     filters: Filters = Field(default_factory=Filters)
     balance: Balance | None = None
     split: Split | None = None
-    seed: int | None = Field(default=None, ge=0)
+    seed: int | None = Field(default=None, ge=0, le=MAX_ROW_ID)
 
     def label_tasks(self) -> list[str]:
         """Every label task the definition names, in order of first mention."""

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import Session
 
+from catalog import normalize
 from catalog.models import Patient, Series, Study
 from export.definition import CohortDefinition, Filters
 from export.errors import InvalidDefinitionError
@@ -133,7 +134,7 @@ def _candidates(
             series_uid=r.series_instance_uid,
             study_uid=r.study_instance_uid,
             patient_id=r.patient_id,
-            sex=(r.patient_sex or "").upper() or None,
+            sex=normalize.sex(r.patient_sex),  # rows indexed before it was normalised
             age=age_in_years(r.patient_age, r.patient_birth_date, r.study_date),
             study_date=r.study_date,
             modality=r.modality,

@@ -7,12 +7,14 @@
 - ``PUT /api/labels/{id}``, ``PUT /api/reports/{id}/labels/{task}``: confirm or override.
 
 Answers never echo what was sent: validation errors name the field and the problem only.
+An id in a path that is not a whole number is refused with 400, one no row can have (too
+large) is answered 404, like an id that is free.
 """
 
 from __future__ import annotations
 
 from datetime import date
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from fastapi import APIRouter, Body, HTTPException, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -56,6 +58,21 @@ class ReviewIn(BaseModel):
 
 
 JsonBody = Annotated[Any, Body()]
+
+MAX_ROW_ID: Final = 2**63 - 1
+"""The largest primary key a catalog row can have (a signed 64-bit integer)."""
+
+
+def row_id(text: str, what: str) -> int:
+    """The row id written in a path segment: 400 unless it is ASCII digits, 404 when no row
+    can have it (beyond a 64-bit integer); the database never sees such a value."""
+    if not (text.isascii() and text.isdigit()):
+        raise HTTPException(400, detail=f"a {what} id is a whole number from 1 to {MAX_ROW_ID}")
+    digits = text.lstrip("0")
+    if not digits or len(digits) > len(str(MAX_ROW_ID)) or int(digits) > MAX_ROW_ID:
+        shown = text if len(text) <= 24 else f"{text[:20]}... ({len(text)} digits)"
+        raise HTTPException(404, detail=f"no {what} {shown}")
+    return int(digits)
 
 
 def _validated(model: type[BaseModel], body: Any) -> Any:
@@ -139,12 +156,13 @@ def create_router(intake: ReportIntake) -> APIRouter:
         }
 
     @router.get("/reports/{report_id}")
-    def get_report(report_id: int) -> dict[str, Any]:
+    def get_report(report_id: str) -> dict[str, Any]:
         """A stored report: de-identified text, links and labels with their evidence."""
+        pk = row_id(report_id, "report")
         with db.read() as session:
-            report = session.get(Report, report_id)
+            report = session.get(Report, pk)
             if report is None:
-                raise HTTPException(404, detail=f"no report {report_id}")
+                raise HTTPException(404, detail=f"no report {pk}")
             links = session.execute(
                 select(Study.study_instance_uid, ReportLink.method, ReportLink.confidence)
                 .join(ReportLink, ReportLink.study_pk == Study.id)
@@ -210,14 +228,15 @@ def create_router(intake: ReportIntake) -> APIRouter:
             }
 
     @router.put("/labels/{label_id}")
-    def review_label(label_id: int, body: JsonBody) -> dict[str, Any]:
+    def review_label(label_id: str, body: JsonBody) -> dict[str, Any]:
         """Confirm (``value`` null) or override a study label; who and when are kept."""
+        pk = row_id(label_id, "label")
         review = _validated(ReviewIn, body)
         try:
             with db.write() as session:
-                label = session.get(Label, label_id)
+                label = session.get(Label, pk)
                 if label is None:
-                    raise HTTPException(404, detail=f"no label {label_id}")
+                    raise HTTPException(404, detail=f"no label {pk}")
                 apply_review(label, reviewer=review.reviewer, value=review.value, note=review.note)
                 session.flush()
                 return label_json(label)
@@ -227,21 +246,20 @@ def create_router(intake: ReportIntake) -> APIRouter:
             raise HTTPException(503, detail=f"catalog unavailable ({type(exc).__name__})") from None
 
     @router.put("/reports/{report_id}/labels/{task}")
-    def review_report_label(report_id: int, task: str, body: JsonBody) -> dict[str, Any]:
+    def review_report_label(report_id: str, task: str, body: JsonBody) -> dict[str, Any]:
         """Confirm or override one report's label; the linked studies are relabelled."""
+        pk = row_id(report_id, "report")
         review = _validated(ReviewIn, body)
         try:
             with db.write() as session:
                 label = session.scalar(
-                    select(ReportLabel).where(
-                        ReportLabel.report_pk == report_id, ReportLabel.task == task
-                    )
+                    select(ReportLabel).where(ReportLabel.report_pk == pk, ReportLabel.task == task)
                 )
                 if label is None:
-                    raise HTTPException(404, detail=f"report {report_id} has no {task} label")
+                    raise HTTPException(404, detail=f"report {pk} has no {task[:64]} label")
                 apply_review(label, reviewer=review.reviewer, value=review.value, note=review.note)
                 session.flush()
-                intake.relabel_studies_of(session, report_id)
+                intake.relabel_studies_of(session, pk)
                 return label_json(label)
         except ReviewError as exc:
             raise HTTPException(422, detail=str(exc)) from None

@@ -25,7 +25,7 @@ from config.labeling import LabelingSettings
 from deid import Vault, VaultRecord
 from labeling.extract import Extractor
 from labeling.labels import refresh_study_labels, store_report_labels
-from labeling.linking import relink, reports_for_study
+from labeling.linking import accession_key, placeholder_keys, relink, reports_for_study
 from labeling.tasks import TaskSet
 from labeling.textdeid import TEXT_DEID_VERSION, Identifiers, deidentify_text
 
@@ -98,6 +98,9 @@ class ReportIntake:
         self.tasks = tasks
         self.settings = settings
         self.extractor = Extractor(tasks)
+        self.placeholder_accessions = placeholder_keys(
+            pseudonyms.accession_number, ("", settings.issuer_of_accession_number)
+        )
 
     def accept(self, incoming: IncomingReport, door: Door) -> IntakeResult:
         """De-identify, label, store and link one report; a resend is a duplicate."""
@@ -115,7 +118,7 @@ class ReportIntake:
                 session.add(report)
                 session.flush()
                 store_report_labels(session, report, labels.values(), self.tasks)
-                for study_pk in relink(session, report, self.settings):
+                for study_pk in relink(session, report, self.settings, self.placeholder_accessions):
                     refresh_study_labels(session, study_pk, self.tasks)
                 result = self._result(session, report, duplicate=False)
         except IntegrityError:
@@ -155,8 +158,8 @@ class ReportIntake:
             if study_pk is None:
                 return 0
             changed: set[int] = set()
-            for report in reports_for_study(session, study_pk):
-                changed |= relink(session, report, self.settings)
+            for report in reports_for_study(session, study_pk, self.placeholder_accessions):
+                changed |= relink(session, report, self.settings, self.placeholder_accessions)
             for pk in changed:
                 refresh_study_labels(session, pk, self.tasks)
         if changed:
@@ -235,7 +238,7 @@ class ReportIntake:
         if not (incoming.findings.strip() or incoming.impression.strip()):
             raise ReportRejectedError("the report has no text (empty report)")
         issuer = self.settings.issuer_of_patient_id
-        accession = (incoming.accession_number or "").strip()
+        accession = accession_key(incoming.accession_number)
         offset = self.pseudonyms.date_offset_days(patient_id, issuer)
         identifiers = Identifiers(
             patient_ids=(patient_id,),

@@ -14,11 +14,17 @@ per-patient offset, so no original is needed.
 
 Links of kinds 2 and 3 are guesses: they are recomputed when a better study arrives, and
 dropped once the report's accession study arrives.
+
+A placeholder accession number (``0``, ``000``, ``N/A``, ``UNKNOWN``, empty: see
+:mod:`deid.placeholders`) never links: unrelated exams share it. A report's is dropped at
+intake (:func:`accession_key`, where the original is known); a study's arrives as a
+pseudonym, so the pseudonyms of the common placeholders (:func:`placeholder_keys`) are
+never a linking key either, on either side (also for reports stored before).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 
@@ -27,6 +33,7 @@ from sqlalchemy.orm import Session
 
 from catalog.models import Patient, Report, ReportLink, Study
 from config.labeling import LabelingSettings
+from deid.placeholders import common_placeholders, is_placeholder
 
 ACCESSION = "accession"
 PATIENT_DATE = "patient_date"
@@ -43,6 +50,24 @@ class Candidate:
     days_apart: int | None
 
 
+def accession_key(original: str | None) -> str:
+    """The original accession number as a linking key: stripped, and empty for a
+    placeholder (``0``, ``N/A``, ``UNKNOWN``, ...), which identifies no exam."""
+    value = (original or "").strip()
+    return "" if is_placeholder(value) else value
+
+
+def placeholder_keys(
+    pseudonym_of: Callable[[str, str], str], issuers: Iterable[str]
+) -> frozenset[str]:
+    """The pseudo accession numbers of the common placeholders under each issuer: keys
+    that studies (and reports stored before placeholders were dropped) may carry, and that
+    must link nothing."""
+    return frozenset(
+        pseudonym_of(value, issuer) for issuer in set(issuers) for value in common_placeholders()
+    )
+
+
 def _day(value: str | None) -> date | None:
     if not value or len(value) != 8 or not value.isdigit():
         return None
@@ -57,9 +82,15 @@ def _modality(value: str | None) -> str:
     return _MODALITY_ALIASES.get(upper, upper)
 
 
-def best_links(session: Session, report: Report, settings: LabelingSettings) -> list[Candidate]:
-    """The links ``report`` should have now (empty while its study has not arrived)."""
-    if report.accession_number:
+def best_links(
+    session: Session,
+    report: Report,
+    settings: LabelingSettings,
+    ignored_accessions: frozenset[str] = frozenset(),
+) -> list[Candidate]:
+    """The links ``report`` should have now (empty while its study has not arrived).
+    ``ignored_accessions`` are pseudo accession numbers that link nothing (placeholders)."""
+    if report.accession_number and report.accession_number not in ignored_accessions:
         rows = session.execute(
             select(Study.id, Study.study_date, Patient.patient_id)
             .join(Patient, Study.patient_pk == Patient.id)
@@ -130,9 +161,14 @@ def _nearest_prior(
     return [Candidate(study_pk, PATHOLOGY_PRIOR, round(confidence, 3), days)]
 
 
-def relink(session: Session, report: Report, settings: LabelingSettings) -> set[int]:
+def relink(
+    session: Session,
+    report: Report,
+    settings: LabelingSettings,
+    ignored_accessions: frozenset[str] = frozenset(),
+) -> set[int]:
     """Make ``report``'s links what :func:`best_links` says; the studies whose links changed."""
-    wanted = {c.study_pk: c for c in best_links(session, report, settings)}
+    wanted = {c.study_pk: c for c in best_links(session, report, settings, ignored_accessions)}
     current = {
         link.study_pk: link
         for link in session.scalars(select(ReportLink).where(ReportLink.report_pk == report.id))
@@ -167,9 +203,12 @@ def relink(session: Session, report: Report, settings: LabelingSettings) -> set[
     return changed
 
 
-def reports_for_study(session: Session, study_pk: int) -> list[Report]:
-    """Reports that may belong to a study that just arrived: same pseudo accession number,
-    or the same pseudo patient (whose nearest study may now be this one)."""
+def reports_for_study(
+    session: Session, study_pk: int, ignored_accessions: frozenset[str] = frozenset()
+) -> list[Report]:
+    """Reports that may belong to a study that just arrived: same pseudo accession number
+    (unless it is one of ``ignored_accessions``), or the same pseudo patient (whose nearest
+    study may now be this one)."""
     row = session.execute(
         select(Study.accession_number, Patient.patient_id)
         .join(Patient, Study.patient_pk == Patient.id)
@@ -179,7 +218,7 @@ def reports_for_study(session: Session, study_pk: int) -> list[Report]:
         return []
     accession, patient_id = row
     query = select(Report).where(Report.patient_id == patient_id)
-    if accession:
+    if accession and accession not in ignored_accessions:
         query = select(Report).where(
             (Report.patient_id == patient_id) | (Report.accession_number == accession)
         )

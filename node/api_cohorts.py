@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, HTTPException, Query, Request, status
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from export import (
     AlreadyFrozenError,
@@ -36,8 +36,13 @@ _STATUS: tuple[tuple[type[ExportError], int], ...] = (
 
 
 class NewCohort(BaseModel):
+    """The body of ``POST /api/cohorts``; an unknown key (a misspelled ``definition``) is
+    refused with 422 naming it, never ignored (an empty definition matches everything)."""
+
+    model_config = ConfigDict(extra="forbid")
+
     name: str = Field(description="Cohort name; defining an existing name adds a version.")
-    description: str = ""
+    description: str = Field(default="", max_length=4000)
     definition: dict[str, Any] = Field(
         default_factory=dict, description="Filters, balance, split and seed (see the docs)."
     )

@@ -28,6 +28,7 @@ from export import CatalogLabels, Cohorts, Exporter, LabelClass, LabelSource, La
 from ingest import Ingestor, IngestResult, Outcome, ResultListener
 from jobs import JobContext, NodeScheduler
 from labeling import MllpServer, ReportIntake, TaskSet, create_router, load_tasks
+from node import listeners
 from node.api_cohorts import cohort_router
 from node.http import create_app
 from node.metrics import NodeMetrics
@@ -271,20 +272,40 @@ class Node:
         return int(servers[0].sockets[0].getsockname()[1]) if servers else self.settings.http_port
 
     def start(self, timeout: float = 30.0) -> None:
-        """Start listening on both ports; return once both accept connections."""
+        """Start listening on every port; return once all accept connections.
+
+        Raises :class:`~node.listeners.ListenerError` naming the listener (DICOM, HTTP,
+        MLLP) that cannot have its address; nothing is left listening then.
+        """
         if self.settings.http_host not in ("127.0.0.1", "localhost", "::1"):
             log.warning(
                 "HTTP server listens on %s without authentication: anyone who reaches it can "
                 "read the archive",
                 self.settings.http_host,
             )
-        self.dicom.start()
+        http_address = listeners.HTTP.address(self.settings)
+        try:
+            http_socket = listeners.bind_tcp(*http_address)
+        except OSError as exc:
+            raise listeners.ListenerError(listeners.HTTP, *http_address, exc) from None
+        try:
+            self.dicom.start()
+        except OSError as exc:
+            http_socket.close()
+            dicom_address = listeners.DICOM.address(self.settings)
+            raise listeners.ListenerError(listeners.DICOM, *dicom_address, exc) from None
         if self.mllp is not None:
             try:
                 self.mllp.start()
-            except OSError:
+            except OSError as exc:
+                self.mllp.stop()
                 self.dicom.stop(grace=0)
-                raise
+                http_socket.close()
+                mllp_address = listeners.MLLP.address(self.settings)
+                raise listeners.ListenerError(listeners.MLLP, *mllp_address, exc) from None
+        self._http_thread = threading.Thread(
+            target=self._http.run, kwargs={"sockets": [http_socket]}, name="http", daemon=True
+        )
         self._http_thread.start()
         deadline = time.monotonic() + timeout
         while not self._http.started:

@@ -1,57 +1,76 @@
-"""The ``pacsnode`` command line: a thin layer over :mod:`node.app` and the core."""
+"""The ``pacsnode`` command line: a thin layer over :mod:`node.app` and the core.
+
+The core is imported inside each command (see :mod:`node.cli_common`), so ``--help``,
+``--version`` and light commands start without loading pydicom, pynetdicom or FastAPI.
+"""
 
 from __future__ import annotations
 
 import json
-import logging
-import signal
-import sys
-import threading
 from collections import Counter
-from dataclasses import asdict
 from pathlib import Path
-from types import FrameType
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
-from sqlalchemy.exc import SQLAlchemyError
 
-from catalog import Database, catalog_stats
-from ingest import Outcome, Source, integrity
-from ingest.files import count_inputs, list_files, read_inputs
-from labeling import TaskFileError
-from node.app import Node, build_core
 from node.cli_common import (
     ConfigOpt,
+    CreateOpt,
     DatabaseOpt,
     DataDirOpt,
     cli_settings,
+    command_group,
     configure_logging,
-    err,
     fail,
     out,
     progress_bar,
-    require_catalog,
+    use_archive,
 )
 from node.cli_deid import register as register_deid
 from node.cli_export import cohort_app, export
 from node.cli_labels import labels_app, reports_app
 
+if TYPE_CHECKING:
+    from types import FrameType
+
 GIL_SWITCH_INTERVAL = 0.001
 """Seconds a thread holds the GIL while another waits (Python's default: 0.005)."""
 
-app = typer.Typer(
+app = command_group(
+    "pacsnode: a DICOM archive node. It receives studies over DICOM (C-STORE) and "
+    "DICOMweb, de-identifies them on arrival, indexes them, and serves them back.\n\n"
+    "Every command that works on an archive names it on stderr. Only serve (a node's first "
+    "start) and --create start a new archive; the others refuse a data folder without one.",
     name="pacsnode",
-    help=(
-        "pacsnode: a DICOM archive node. It receives studies over DICOM (C-STORE) and "
-        "DICOMweb, de-identifies them on arrival, indexes them, and serves them back."
-    ),
-    no_args_is_help=True,
-    add_completion=False,
 )
 app.add_typer(reports_app, name="reports")
 app.add_typer(labels_app, name="labels")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            out.print(f"pacsnode {version('pacsnode')}", highlight=False)
+        except PackageNotFoundError:
+            out.print("pacsnode (not installed: version unknown)", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the version of pacsnode and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Options of pacsnode itself (the help text is the app's)."""
 
 
 @app.command()
@@ -62,15 +81,32 @@ def serve(
     ae_title: Annotated[
         str | None, typer.Option(help="DICOM AE title. [env: PACSNODE_AE_TITLE; default PACSNODE]")
     ] = None,
+    dicom_host: Annotated[
+        str | None,
+        typer.Option(
+            help="Address the DICOM port listens on. [env: PACSNODE_DICOM_HOST; default 0.0.0.0]"
+        ),
+    ] = None,
     dicom_port: Annotated[
         int | None, typer.Option(help="DICOM port. [env: PACSNODE_DICOM_PORT; default 11112]")
-    ] = None,
-    http_port: Annotated[
-        int | None, typer.Option(help="HTTP port. [env: PACSNODE_HTTP_PORT; default 8042]")
     ] = None,
     http_host: Annotated[
         str | None,
         typer.Option(help="HTTP address. [env: PACSNODE_HTTP_HOST; default 127.0.0.1]"),
+    ] = None,
+    http_port: Annotated[
+        int | None, typer.Option(help="HTTP port. [env: PACSNODE_HTTP_PORT; default 8042]")
+    ] = None,
+    mllp_host: Annotated[
+        str | None,
+        typer.Option(
+            help="Address of the HL7 v2 (MLLP) listener. "
+            "[env: PACSNODE_LABELING__MLLP_HOST; default 0.0.0.0]"
+        ),
+    ] = None,
+    mllp_port: Annotated[
+        int | None,
+        typer.Option(help="HL7 v2 (MLLP) port. [env: PACSNODE_LABELING__MLLP_PORT; default 2575]"),
     ] = None,
     allow_remote_http: Annotated[
         bool | None,
@@ -81,18 +117,37 @@ def serve(
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = None,
 ) -> None:
-    """Run the node: DICOM AE and HTTP server in one process, until SIGTERM or Ctrl-C."""
+    """Run the node: DICOM AE, HTTP server and HL7 listener in one process, until SIGTERM or
+    Ctrl-C. The first start in a data folder creates the archive (catalog and secrets)."""
+    import logging
+    import signal
+    import sys
+    import threading
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from labeling import TaskFileError
+    from node.app import Node
+
+    labeling = {
+        key: value
+        for key, value in (("mllp_host", mllp_host), ("mllp_port", mllp_port))
+        if value is not None
+    }
     settings = cli_settings(
         config,
         data_dir=data_dir,
         database_url=database_url,
         ae_title=ae_title,
+        dicom_host=dicom_host,
         dicom_port=dicom_port,
         http_port=http_port,
         http_host=http_host,
         allow_remote_http=allow_remote_http,
         log_level=log_level,
+        labeling=labeling or None,
     )
+    use_archive(settings, create=True)
     configure_logging(settings.log_level)
     # pynetdicom hands every PDU between an association's thread and its DUL thread; with
     # Python's default 5 ms GIL switch interval each handoff can wait that long. Measured
@@ -108,10 +163,13 @@ def serve(
     signal.signal(signal.SIGINT, request_stop)
     try:
         node = Node(settings)
-        node.start()
     except (OSError, RuntimeError, SQLAlchemyError, TaskFileError) as exc:
-        err.print(f"[red]Error:[/red] cannot start the node: {exc}", highlight=False)
-        raise typer.Exit(1) from None
+        raise fail(f"cannot start the node: {exc}") from None
+    try:
+        node.start()
+    except (OSError, RuntimeError) as exc:
+        node.core.close()
+        raise fail(f"cannot start the node: {exc}") from None
     stop.wait()
     node.stop()
 
@@ -122,6 +180,7 @@ def import_(
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     database_url: DatabaseOpt = None,
+    create: CreateOpt = False,
     list_rejected: Annotated[
         bool, typer.Option(help="Name every file that was not stored, with the reason.")
     ] = False,
@@ -130,13 +189,17 @@ def import_(
 
     Works while the node runs. Exits with status 1 if any file was not stored.
     """
+    from ingest import Source
+    from ingest.files import count_inputs, list_files, read_inputs
+    from node.app import build_core
+
     settings = cli_settings(config, data_dir=data_dir, database_url=database_url)
     configure_logging("ERROR")
     try:
         files = list_files(paths)
     except FileNotFoundError as exc:
-        err.print(f"[red]Error:[/red] {exc}", highlight=False)
-        raise typer.Exit(1) from None
+        raise fail(str(exc)) from None
+    use_archive(settings, create=create)
     core = build_core(settings)
     outcomes: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
@@ -167,8 +230,16 @@ def stats(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Count patients, studies, series, instances and bytes in the catalog."""
+    from dataclasses import asdict
+
+    from rich.table import Table
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from catalog.db import Database
+    from catalog.stats import catalog_stats
+
     settings = cli_settings(config, data_dir=data_dir, database_url=database_url)
-    require_catalog(settings)
+    use_archive(settings)
     db = Database(settings.catalog_url)
     try:
         figures = catalog_stats(db)
@@ -205,8 +276,12 @@ def verify(
 
     Works while the node runs. Exits with status 1 if a problem remains.
     """
+    from ingest import integrity
+    from node.app import build_core
+
     settings = cli_settings(config, data_dir=data_dir, database_url=database_url)
     configure_logging("ERROR")
+    use_archive(settings)
     core = build_core(settings)
     try:
         with progress_bar() as progress:
@@ -239,6 +314,10 @@ def verify(
 def _print_import_summary(
     outcomes: Counter[str], reasons: Counter[str], rejected: list[tuple[str, str]]
 ) -> None:
+    from rich.table import Table
+
+    from ingest import Outcome
+
     table = Table(title="import summary")
     table.add_column("outcome")
     table.add_column("files", justify="right")

@@ -4,51 +4,40 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Iterator
-from dataclasses import asdict
-from io import BytesIO
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from pydicom import dcmread
-from rich.table import Table
-from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
 
-from catalog import CatalogWriter, Database
-from catalog.models import Instance, QuarantinedInstance
-from catalog.quarantine import held
-from config import Settings
-from deid import SecretsError, Vault, VaultError, build_profile, load_secrets
-from deid.check import Finding, HeaderChecker, OriginalIndex
-from deid.deidentifier import options_from
-from ingest.files import count_inputs, list_files, read_inputs
-from ingest.review import ReviewError, discard, release
 from node.cli_common import (
     ConfigOpt,
     DatabaseOpt,
     DataDirOpt,
     cli_actor,
     cli_settings,
+    command_group,
     err,
     fail,
     out,
     progress_bar,
-    require_catalog,
+    use_archive,
 )
-from storage import BlobNotFoundError, FilesystemBlobStore
 
-deid_app = typer.Typer(
-    help="De-identification: check stored instances or files for PHI, review quarantine.",
-    no_args_is_help=True,
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from catalog import Database
+    from config import Settings
+    from deid import Vault
+    from deid.check import Finding, HeaderChecker
+    from storage import FilesystemBlobStore
+
+deid_app = command_group(
+    "De-identification: check stored instances or files for PHI, review quarantine."
 )
-quarantine_app = typer.Typer(
-    help=(
-        "Instances held back by the burned-in policy (deid.burned_in_policy = quarantine): "
-        "stored de-identified, invisible to every query until released."
-    ),
-    no_args_is_help=True,
+quarantine_app = command_group(
+    "Instances held back by the burned-in policy (deid.burned_in_policy = quarantine): "
+    "stored de-identified, invisible to every query until released."
 )
 deid_app.add_typer(quarantine_app, name="quarantine")
 
@@ -62,7 +51,10 @@ class Kind(enum.StrEnum):
 
 def _open(settings: Settings) -> tuple[Database, Vault]:
     """The existing catalog and vault (never created here)."""
-    require_catalog(settings)
+    from catalog import Database
+    from deid import SecretsError, Vault, load_secrets
+
+    use_archive(settings)
     try:
         secrets = load_secrets(settings.secrets_root, create=False)
     except SecretsError as exc:
@@ -94,6 +86,14 @@ def check(
     Values are never printed, only where they are. Exits with status 1 on any finding.
     Reading the vault for the search is written to the audit trail.
     """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from deid import VaultError, build_profile
+    from deid.check import HeaderChecker, OriginalIndex
+    from deid.deidentifier import options_from
+    from ingest.files import count_inputs, list_files, read_inputs
+    from storage import FilesystemBlobStore
+
     if not paths and not all_:
         raise fail("name files or folders to check, or --all for the whole archive")
     settings = cli_settings(config, data_dir, database_url)
@@ -135,6 +135,10 @@ def check(
 
 
 def _stored(db: Database) -> list[tuple[str, str]]:
+    from sqlalchemy import select
+
+    from catalog.models import Instance, QuarantinedInstance
+
     with db.read() as session:
         rows = session.execute(select(Instance.sop_instance_uid, Instance.blob_key)).all()
         held_rows = session.execute(
@@ -144,6 +148,8 @@ def _stored(db: Database) -> list[tuple[str, str]]:
 
 
 def _read_blob(blobs: FilesystemBlobStore, key: str) -> bytes | None:
+    from storage import BlobNotFoundError
+
     try:
         with blobs.open(key) as stream:
             return stream.read()
@@ -152,6 +158,12 @@ def _read_blob(blobs: FilesystemBlobStore, key: str) -> bytes | None:
 
 
 def _check_one(checker: HeaderChecker, where: str, data: bytes | None) -> list[Finding]:
+    from io import BytesIO
+
+    from pydicom import dcmread
+
+    from deid.check import Finding
+
     if data is None:
         return [Finding(where, "-", "-", "blob missing")]
     try:
@@ -165,6 +177,10 @@ def _check_one(checker: HeaderChecker, where: str, data: bytes | None) -> list[F
 
 
 def _report(findings: list[Finding], checked: int, originals: int, as_json: bool) -> None:
+    from dataclasses import asdict
+
+    from rich.table import Table
+
     if as_json:
         out.print_json(
             json.dumps(
@@ -200,6 +216,10 @@ def quarantine_list(
     database_url: DatabaseOpt = None,
 ) -> None:
     """List quarantined instances (stored UIDs, reason, size)."""
+    from rich.table import Table
+
+    from catalog.quarantine import held
+
     settings = cli_settings(config, data_dir, database_url)
     db, _ = _open(settings)
     try:
@@ -227,6 +247,10 @@ def _review(
     database_url: str | None,
     action: str,
 ) -> None:
+    from catalog import CatalogWriter
+    from ingest.review import ReviewError, discard, release
+    from storage import FilesystemBlobStore
+
     settings = cli_settings(config, data_dir, database_url)
     db, vault = _open(settings)
     catalog = CatalogWriter(db)
@@ -296,6 +320,10 @@ def reidentify(
     Every call is written to the audit trail (who, when, which pseudonym). Exits with
     status 1 when the vault holds nothing for the pseudonym.
     """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from deid import VaultError
+
     settings = cli_settings(config, data_dir, database_url)
     db, vault = _open(settings)
     try:

@@ -13,15 +13,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
-from sqlalchemy.exc import SQLAlchemyError
 
-from config import Settings
-from export import FORMATS, CohortInfo, Cohorts, Exporter, ExportError
-from node.app import build_core, build_label_source
 from node.cli_common import (
     ConfigOpt,
     DatabaseOpt,
@@ -29,21 +24,23 @@ from node.cli_common import (
     JsonOpt,
     cli_actor,
     cli_settings,
+    command_group,
     err,
     fail,
     out,
     progress_bar,
-    require_catalog,
+    use_archive,
 )
 
-cohort_app = typer.Typer(
+if TYPE_CHECKING:
+    from config import Settings
+    from export import CohortInfo, Cohorts, Exporter
+
+cohort_app = command_group(
+    "Cohorts: saved, versioned queries over the catalog (modality, sequence, body part, "
+    "sex, age, dates, institution, size, labels), balanced and split by patient, frozen "
+    "so that an export can be repeated identically.",
     name="cohort",
-    help=(
-        "Cohorts: saved, versioned queries over the catalog (modality, sequence, body part, "
-        "sex, age, dates, institution, size, labels), balanced and split by patient, frozen "
-        "so that an export can be repeated identically."
-    ),
-    no_args_is_help=True,
 )
 
 CohortArg = Annotated[
@@ -54,7 +51,7 @@ CohortArg = Annotated[
 
 def _load(config: Path | None, data_dir: Path | None, database_url: str | None) -> Settings:
     settings = cli_settings(config, data_dir, database_url)
-    require_catalog(settings)
+    use_archive(settings)
     return settings
 
 
@@ -63,6 +60,11 @@ def _services(
     config: Path | None, data_dir: Path | None, database_url: str | None
 ) -> Iterator[tuple[Cohorts, Exporter]]:
     """The core's cohort and export services; core errors become one ``Error:`` line."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from export import Cohorts, Exporter, ExportError
+    from node.app import build_core, build_label_source
+
     settings = _load(config, data_dir, database_url)
     logging.basicConfig(level="ERROR", stream=sys.stderr, force=True)
     try:
@@ -168,14 +170,10 @@ def define(
     as_json: JsonOpt = False,
 ) -> None:
     """Save a cohort definition as the next version of NAME (version 1 if NAME is new)."""
-    definition: dict[str, Any] = {}
-    if from_file is not None:
-        try:
-            definition = json.loads(from_file.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise fail(f"cannot read {from_file}: {exc}") from None
-        definition = definition.get("definition", definition)
-    filters: dict[str, Any] = dict(definition.get("filters", {}))
+    definition = _definition_file(from_file) if from_file is not None else {}
+    filters = definition.get("filters", {})
+    if not isinstance(filters, dict):
+        raise fail("the definition's 'filters' is not a JSON object")
     for key, value in (
         ("modalities", modality),
         ("sequences", sequence),
@@ -184,7 +182,10 @@ def define(
         ("institutions", institution),
     ):
         if value:
-            filters[key] = [*filters.get(key, []), *value]
+            before = filters.get(key, [])
+            if not isinstance(before, list):
+                raise fail(f"the definition's filters.{key} is not a list")
+            filters[key] = [*before, *value]
     for key, scalar in (
         ("age_min", age_min),
         ("age_max", age_max),
@@ -196,9 +197,11 @@ def define(
     ):
         if scalar is not None:
             filters[key] = scalar
+    if label and not isinstance(filters.setdefault("labels", []), list):
+        raise fail("the definition's filters.labels is not a list")
     for text in label or []:
         task, _, classes = text.partition("=")
-        filters.setdefault("labels", []).append(
+        filters["labels"].append(
             {
                 "task": task.strip(),
                 "classes": [c.strip() for c in classes.split(",") if c.strip()],
@@ -254,6 +257,8 @@ def preview(
     for task, counts in summary["classes"].items():
         _counts_table(f"label {task}", counts)
     if summary["splits"]:
+        from rich.table import Table
+
         table = Table(title="splits (by patient)")
         for column in ("split", "patients", "series", "classes"):
             table.add_column(column)
@@ -313,6 +318,8 @@ def list_(
     if as_json:
         out.print_json(json.dumps([info.as_json() for info in infos]))
         return
+    from rich.table import Table
+
     table = Table(title="cohorts")
     for column in ("cohort", "id", "created", "frozen", "series", "instances", "manifest sha256"):
         table.add_column(column)
@@ -364,6 +371,8 @@ def export(
     Interrupted (Ctrl-C, full disk)? Run the same command again: files already written and
     verified are kept.
     """
+    from export import FORMATS
+
     if format_name not in FORMATS:
         raise fail(f"unknown format {format_name!r}: use one of {', '.join(FORMATS)}")
     with _services(config, data_dir, database_url) as (cohorts, exporter), _interruptible():
@@ -402,6 +411,8 @@ def _interruptible() -> Iterator[None]:
 
 
 def _counts_table(title: str, counts: dict[str, int]) -> None:
+    from rich.table import Table
+
     if not counts:
         return
     table = Table(title=title)
@@ -422,6 +433,37 @@ def _list_row(info: CohortInfo) -> list[str]:
         "" if info.instances is None else f"{info.instances:,}",
         info.manifest_sha256 or "",
     ]
+
+
+SHOWN_KEYS = frozenset(
+    {"id", "name", "version", "description", "definition", "created_at", "frozen_at"}
+    | {"manifest_sha256", "series", "instances"}
+)
+"""The keys of ``pacsnode cohort show --json`` around its ``definition``."""
+
+
+def _definition_file(path: Path) -> dict[str, Any]:
+    """The definition in ``path``: a bare definition, or a cohort as ``show --json`` prints
+    it. A key of neither kind is refused (a misspelled one would otherwise be dropped)."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise fail(f"cannot read {path}: {exc}") from None
+    if not isinstance(document, dict):
+        raise fail(f"{path} holds no JSON object (a cohort definition is one)")
+    if "definition" not in document:
+        return document
+    unknown = sorted(set(document) - SHOWN_KEYS)
+    if unknown:
+        raise fail(
+            f"{path}: unknown key(s) {', '.join(map(repr, unknown))} beside 'definition' "
+            "(a cohort as 'pacsnode cohort show --json' prints it has "
+            f"{', '.join(sorted(SHOWN_KEYS))})"
+        )
+    inner = document["definition"]
+    if not isinstance(inner, dict):
+        raise fail(f"{path}: 'definition' is not a JSON object")
+    return dict(inner)
 
 
 def _date(value: str | None, option: str) -> str | None:

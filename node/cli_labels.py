@@ -4,39 +4,31 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
-from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
 
-from catalog.models import Label, Study
-from labeling.baseline import FuzzyBaseline
-from labeling.evaluate import Evaluation, GoldFileError, evaluate, read_gold
-from labeling.extract import Extractor
-from labeling.files import read_exports
-from labeling.labels import ReviewError, apply_review
-from labeling.tasks import CLASSES, TaskFileError, TaskSet, load_tasks
 from node.cli_common import (
     ConfigOpt,
+    CreateOpt,
     DatabaseOpt,
     DataDirOpt,
     cli_settings,
+    command_group,
     err,
     fail,
     out,
     progress_bar,
+    use_archive,
 )
 
-reports_app = typer.Typer(
-    help="Radiology and pathology reports: import RIS / pathology exports.",
-    no_args_is_help=True,
-)
-labels_app = typer.Typer(
-    help="Labels derived from reports: evaluate the rules, review, re-extract.",
-    no_args_is_help=True,
-)
+if TYPE_CHECKING:
+    from catalog import Database
+    from labeling.evaluate import Evaluation
+    from labeling.tasks import TaskSet
+
+reports_app = command_group("Radiology and pathology reports: import RIS / pathology exports.")
+labels_app = command_group("Labels derived from reports: evaluate the rules, review, re-extract.")
 
 TasksOpt = Annotated[
     Path | None,
@@ -45,6 +37,8 @@ TasksOpt = Annotated[
 
 
 def _tasks(path: Path | None) -> TaskSet:
+    from labeling.tasks import TaskFileError, load_tasks
+
     try:
         return load_tasks(path)
     except TaskFileError as exc:
@@ -62,6 +56,7 @@ def import_reports(
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     database_url: DatabaseOpt = None,
+    create: CreateOpt = False,
 ) -> None:
     """Import report exports: de-identify, label and link every report to its study.
 
@@ -69,10 +64,15 @@ def import_reports(
     unknown encoding is refused whole; a bad row (empty report, bad date) is refused alone.
     Exits with status 1 if anything was refused.
     """
+    from rich.table import Table
+
+    from labeling.files import read_exports
     from labeling.intake import ReportRejectedError, ReportStoreError
+    from labeling.tasks import TaskFileError
     from node.app import build_core
 
     settings = cli_settings(config, data_dir=data_dir, database_url=database_url)
+    use_archive(settings, create=create)
     read, refused = read_exports(files, settings.labeling)
     for message in refused:
         err.print(f"[red]Error:[/red] {message}", highlight=False, soft_wrap=True)
@@ -119,6 +119,10 @@ def import_reports(
 
 
 def _print_evaluation(evaluation: Evaluation, tasks: TaskSet) -> None:
+    from rich.table import Table
+
+    from labeling.tasks import CLASSES
+
     for name, scores in evaluation.tasks.items():
         table = Table(
             title=f"{name} ({evaluation.method}, {evaluation.reports} reports): "
@@ -175,6 +179,10 @@ def evaluate_command(
 ) -> None:
     """Score label extraction against a gold CSV: precision, recall, F1 per task and class,
     macro-F1 over the classes present, confusion matrices."""
+    from labeling.baseline import FuzzyBaseline
+    from labeling.evaluate import GoldFileError, evaluate, read_gold
+    from labeling.extract import Extractor
+
     tasks = _tasks(tasks_file)
     if method not in ("rules", "baseline"):
         raise fail("--method must be rules or baseline")
@@ -198,6 +206,8 @@ def evaluate_command(
     for evaluation in results:
         _print_evaluation(evaluation, tasks)
     if len(results) > 1:
+        from rich.table import Table
+
         summary = Table(title="macro-F1 per task")
         summary.add_column("task")
         for evaluation in results:
@@ -213,7 +223,10 @@ def evaluate_command(
 @labels_app.command("review")
 def review_command(
     label_id: Annotated[
-        int | None, typer.Argument(help="A study label to decide on; omit to list the queue.")
+        int | None,
+        typer.Argument(
+            help="A study label to decide on; omit to list the queue.", min=1, max=2**63 - 1
+        ),
     ] = None,
     confirm: Annotated[
         bool, typer.Option("--confirm", help="Keep the label's class, confirmed by you.")
@@ -225,7 +238,9 @@ def review_command(
         str | None, typer.Option("--by", help="Your name, kept with the decision.")
     ] = None,
     note: Annotated[str | None, typer.Option(help="Why, kept with the decision.")] = None,
-    limit: Annotated[int, typer.Option(help="How many labels to list.")] = 50,
+    limit: Annotated[
+        int, typer.Option(help="How many labels to list (1 to 1000).", min=1, max=1000)
+    ] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
@@ -233,9 +248,14 @@ def review_command(
 ) -> None:
     """List the labels waiting for review, or confirm / override one (who and when are kept;
     re-extraction never undoes it)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from catalog import Database
+    from catalog.models import Label
+    from labeling.labels import ReviewError, apply_review
 
     settings = cli_settings(config, data_dir=data_dir, database_url=database_url)
+    use_archive(settings)
     db = Database(settings.catalog_url)
     try:
         if label_id is None:
@@ -260,7 +280,12 @@ def review_command(
         db.dispose()
 
 
-def _list_review(db: Any, limit: int, as_json: bool) -> None:
+def _list_review(db: Database, limit: int, as_json: bool) -> None:
+    from rich.table import Table
+    from sqlalchemy import select
+
+    from catalog.models import Label, Study
+
     with db.read() as session:
         rows = session.execute(
             select(Label, Study.study_instance_uid)
@@ -292,11 +317,11 @@ def _list_review(db: Any, limit: int, as_json: bool) -> None:
         table.add_row(
             str(item["id"]),
             str(item["study_instance_uid"]),
-            item["task"],
+            str(item["task"]),
             str(item["value"]),
             f"{item['confidence']:.2f}",
-            item["reason"] or "",
-            item["evidence"] or "",
+            str(item["reason"] or ""),
+            str(item["evidence"] or ""),
         )
     out.print(table)
 
@@ -309,16 +334,20 @@ def reextract_command(
 ) -> None:
     """Extract every stored report's labels again with the current task file (after a rule
     change). People's confirmations and overrides are kept."""
+    from sqlalchemy import select
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from catalog.models import Report
+    from labeling.tasks import TaskFileError
     from node.app import build_core
 
     settings = cli_settings(config, data_dir=data_dir, database_url=database_url)
+    use_archive(settings)
     try:
         core = build_core(settings)
     except TaskFileError as exc:
         raise fail(str(exc)) from None
     try:
-        from catalog.models import Report
-
         with core.db.read() as session:
             total = len(session.scalars(select(Report.id)).all())
         done = 0

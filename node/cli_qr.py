@@ -8,36 +8,32 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
-from sqlalchemy.exc import SQLAlchemyError
 
-from catalog import Database, RetrieveKeys, StoredInstance, locate_keys
-from config import Settings
-from export import Cohorts, ExportError
-from jobs import JobFailedError, OrthancSync, scheduled_jobs
-from node.app import Core, build_core, build_label_source
 from node.cli import app
 from node.cli_common import (
     ConfigOpt,
+    CreateOpt,
     DatabaseOpt,
     DataDirOpt,
     cli_settings,
+    command_group,
     configure_logging,
     err,
     fail,
     out,
     progress_bar,
-    require_catalog,
+    use_archive,
 )
-from scp.send import SendError, send_instances
 
-orthanc_app = typer.Typer(
-    help="Work with the hospital's Orthanc (the source of the sync job).", no_args_is_help=True
-)
-jobs_app = typer.Typer(help="The scheduler's jobs (Orthanc sync, ...).", no_args_is_help=True)
+if TYPE_CHECKING:
+    from catalog import RetrieveKeys, StoredInstance
+    from node.app import Core
+
+orthanc_app = command_group("Work with the hospital's Orthanc (the source of the sync job).")
+jobs_app = command_group("The scheduler's jobs (Orthanc sync, ...).")
 app.add_typer(orthanc_app, name="orthanc")
 app.add_typer(jobs_app, name="jobs")
 
@@ -75,6 +71,9 @@ def send(
 
     Works while the node runs. Exits with status 1 if any instance was not sent.
     """
+    from node.app import build_core
+    from scp.send import SendError, send_instances
+
     settings = cli_settings(config, data_dir=data_dir, database_url=database_url)
     configure_logging("ERROR")
     destination = settings.qr.destination(to)
@@ -84,7 +83,7 @@ def send(
     if cohort is not None and (study or series or studies_from):
         raise fail("give either a cohort or studies/series, not both")
     keys = None if cohort is not None else _send_keys(study or [], series or [], studies_from)
-    _open_catalog(settings).dispose()  # refuse a data folder without a catalog
+    use_archive(settings)
     core = build_core(settings)
     try:
         instances = _instances_to_send(core, keys or _cohort_keys(core, str(cohort)))
@@ -115,6 +114,8 @@ def send(
 
 
 def _send_keys(studies: list[str], series: list[str], studies_from: Path | None) -> RetrieveKeys:
+    from catalog import RetrieveKeys
+
     if studies_from is not None:
         try:
             lines = studies_from.read_text().splitlines()
@@ -127,6 +128,10 @@ def _send_keys(studies: list[str], series: list[str], studies_from: Path | None)
 
 
 def _instances_to_send(core: Core, keys: RetrieveKeys) -> list[StoredInstance]:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from catalog import locate_keys
+
     try:
         instances = locate_keys(core.db, keys)
     except SQLAlchemyError:
@@ -144,6 +149,10 @@ def _instances_to_send(core: Core, keys: RetrieveKeys) -> list[StoredInstance]:
 
 def _cohort_keys(core: Core, ref: str) -> RetrieveKeys:
     """The instances a frozen cohort pinned (its members when it was frozen)."""
+    from catalog import RetrieveKeys
+    from export import Cohorts, ExportError
+    from node.app import build_label_source
+
     cohorts = Cohorts(core.db, core.settings.export, build_label_source(core.report_intake.tasks))
     try:
         frozen = cohorts.frozen(ref)
@@ -159,11 +168,6 @@ def _cohort_keys(core: Core, ref: str) -> RetrieveKeys:
     return RetrieveKeys(sop_instance_uids=pinned)
 
 
-def _open_catalog(settings: Settings) -> Database:
-    require_catalog(settings)
-    return Database(settings.catalog_url)
-
-
 @orthanc_app.command()
 def pull(
     study: Annotated[
@@ -177,13 +181,18 @@ def pull(
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     database_url: DatabaseOpt = None,
+    create: CreateOpt = False,
 ) -> None:
     """Fetch one study from the Orthanc of orthanc_sync.url now, through the ingest pipeline
     (de-identified on arrival). Works while the node runs; the sync's cursor does not move."""
+    from jobs import JobFailedError, OrthancSync
+    from node.app import build_core
+
     settings = cli_settings(config, data_dir=data_dir, database_url=database_url)
     configure_logging("ERROR")
     if not settings.orthanc_sync.url:
         raise fail("orthanc_sync.url is not set (PACSNODE_ORTHANC_SYNC__URL)")
+    use_archive(settings, create=create)
     core = build_core(settings)
     sync = OrthancSync(settings.orthanc_sync, core.db, core.ingestor)
     try:
@@ -217,8 +226,15 @@ def list_jobs(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show each scheduled job with its interval, next run, last run and result."""
+    from rich.table import Table
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from catalog import Database
+    from jobs import scheduled_jobs
+
     settings = cli_settings(config, data_dir=data_dir, database_url=database_url)
-    db = _open_catalog(settings)
+    use_archive(settings)
+    db = Database(settings.catalog_url)
     try:
         listed = scheduled_jobs(db)
     except SQLAlchemyError:

@@ -44,7 +44,9 @@ def test_import_reports_every_outcome_and_fails_when_something_was_rejected(
     inputs: Path, tmp_path: Path
 ) -> None:
     data = tmp_path / "data"
-    result = runner.invoke(app, ["import", str(inputs), "--data-dir", str(data), "--list-rejected"])
+    result = runner.invoke(
+        app, ["import", str(inputs), "--data-dir", str(data), "--list-rejected", "--create"]
+    )
     assert result.exit_code == 1
     assert re.search(r"stored\s+│\s+4\s", result.stdout), result.stdout
     assert re.search(r"rejected_invalid\s+│\s+1\s", result.stdout), result.stdout

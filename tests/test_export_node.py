@@ -252,8 +252,9 @@ def test_cli_defines_previews_freezes_and_exports_each_format(
 def test_cli_errors_are_one_line(node: NodeProcess, data_dir: Path, tmp_path: Path) -> None:
     unknown = cli(data_dir, "cohort", "define", "x", "--label", "malignancy=1", check=False)
     assert unknown.returncode == 1
-    assert unknown.stderr.strip().startswith("Error: unknown label task 'malignancy'")
-    assert len(unknown.stderr.strip().splitlines()) == 1
+    archive, error = unknown.stderr.strip().splitlines()  # the archive used, then one line
+    assert archive == f"archive: {data_dir.resolve()}"
+    assert error.startswith("Error: unknown label task 'malignancy'")
     cli(data_dir, "cohort", "define", "nothing", "--modality", "XA")
     empty = cli(data_dir, "cohort", "freeze", "nothing", check=False)
     assert empty.returncode == 1 and "matches no series: nothing to freeze" in empty.stderr

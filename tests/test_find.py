@@ -76,6 +76,7 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
             str(root / "synthetic"),
             "--data-dir",
             str(data_dir),
+            "--create",
         ],
         check=True,
         capture_output=True,

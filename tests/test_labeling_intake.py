@@ -285,7 +285,8 @@ def _cli(settings_args: list[str], *args: str) -> tuple[int, str]:
     from node.cli import app
 
     result = CliRunner().invoke(app, [*args, *settings_args])
-    return result.exit_code, result.output
+    # stderr also names the archive used: the answer is stdout, an error is stderr
+    return result.exit_code, result.stdout if result.exit_code == 0 else result.stderr
 
 
 def test_cli_review_lists_confirms_and_overrides(core: Core) -> None:

@@ -249,7 +249,7 @@ def test_reports_import_csv_and_xlsx(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     done = subprocess.run(
         [sys.executable, "-m", "node", "reports", "import", str(csv), str(xlsx),
-         "--data-dir", str(data_dir)],
+         "--data-dir", str(data_dir), "--create"],
         capture_output=True, text=True, check=False, cwd=Path(__file__).parents[1],
     )  # fmt: skip
     assert done.returncode == 1  # one row refused (empty report)

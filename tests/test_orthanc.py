@@ -259,7 +259,9 @@ def test_pull_one_study_by_hand(source: Source, tmp_path: Path) -> None:
     data = tmp_path / "data"
     env = {"PACSNODE_ORTHANC_SYNC__URL": source.url}
     original_uid = source.dataset.patients[0].study_uids[1]  # the MR study: 16 instances
-    first = pacsnode("orthanc", "pull", "--study", original_uid, "--data-dir", str(data), env=env)
+    first = pacsnode(
+        "orthanc", "pull", "--study", original_uid, "--data-dir", str(data), "--create", env=env
+    )
     assert first.returncode == 0, first.stderr
     assert "synced: 16 stored, 0 already there, 0 refused" in first.stdout
     again = pacsnode("orthanc", "pull", "--study", original_uid, "--data-dir", str(data), env=env)
@@ -471,7 +473,10 @@ def test_orthanc_pushes_to_pacsnode_and_pacsnode_sends_to_orthanc(
 def test_send_to_an_unknown_or_unreachable_destination_is_an_error(tmp_path: Path) -> None:
     data = tmp_path / "data"
     generate(tmp_path / "syn", SyntheticSpec(patients=1, ct_slices=2, mr_slices=1))
-    assert pacsnode("import", str(tmp_path / "syn"), "--data-dir", str(data)).returncode == 0
+    assert (
+        pacsnode("import", str(tmp_path / "syn"), "--data-dir", str(data), "--create").returncode
+        == 0
+    )
     engine = catalog_engine(data)
     with engine.connect() as connection:
         study = connection.execute(text("SELECT study_instance_uid FROM study")).scalars().first()

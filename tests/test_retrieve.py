@@ -163,6 +163,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             str(root / "synthetic"),
             "--data-dir",
             str(data_dir),
+            "--create",
         ],
         check=True,
         capture_output=True,

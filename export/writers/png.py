@@ -30,6 +30,8 @@ from export.writers.base import (
 )
 from storage import BlobStore
 
+PIXEL_KEYWORDS = frozenset({"PixelData", "FloatPixelData", "DoubleFloatPixelData"})
+
 
 class PngWriter:
     name = "png"
@@ -70,10 +72,14 @@ class PngWriter:
             uid = instance.pinned.sop_instance_uid
             try:
                 ds = read_instance(self.blobs, instance)
-                frames = _frames(ds)
             except UnreadableInstanceError as exc:
                 problems.append(str(exc))
                 continue
+            if not any(keyword in ds for keyword in PIXEL_KEYWORDS):
+                problems.append(f"instance {uid}: no pixel data (an image is needed for PNG)")
+                continue
+            try:
+                frames = _frames(ds)
             except Exception as exc:  # pydicom raises many kinds for undecodable pixel data
                 syntax = ds.file_meta.get("TransferSyntaxUID", "unknown")
                 problems.append(
