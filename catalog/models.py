@@ -144,6 +144,14 @@ class Instance(Base):
     content_time: Mapped[str | None] = mapped_column(String(16))
     blob_key: Mapped[str] = mapped_column(String(64), index=True)
     sha256: Mapped[str] = mapped_column(String(64))
+    """sha256 of the stored file (what the integrity check verifies)."""
+    content_sha256: Mapped[str | None] = mapped_column(String(64))
+    """sha256 of the data set alone, file meta left out (it differs by sender): the identity
+    of the content when the instance arrives again. Empty for instances stored before it
+    was recorded (computed from the blob when needed)."""
+    earlier_content_sha256: Mapped[str | None] = mapped_column(Text)
+    """The ``content_sha256`` of each version this one replaced, space-separated: content
+    seen before is a duplicate, so a re-sent tree never churns versions."""
     size: Mapped[int] = mapped_column(BigInteger)
     version: Mapped[int] = mapped_column(Integer, default=1)
     metadata_json: Mapped[str] = mapped_column(Text)
@@ -234,6 +242,8 @@ class QuarantinedInstance(Base):
     deid_method: Mapped[str | None] = mapped_column(String(128))
     blob_key: Mapped[str] = mapped_column(String(64))
     sha256: Mapped[str] = mapped_column(String(64))
+    content_sha256: Mapped[str | None] = mapped_column(String(64))
+    """As :attr:`Instance.content_sha256`."""
     size: Mapped[int] = mapped_column(BigInteger)
     source_door: Mapped[str] = mapped_column(String(16))
     source_aet: Mapped[str | None] = mapped_column(String(16))

@@ -19,7 +19,7 @@ from catalog.attributes import InstanceRecord
 from catalog.db import Database
 from catalog.models import Change, ChangeType, Instance, Patient, Series, Study, utcnow
 from catalog.normalize import fold, name_key
-from catalog.quarantine import QuarantineResult, hold
+from catalog.quarantine import QuarantineResult, hold, released
 
 
 class IndexOutcome(enum.Enum):
@@ -52,17 +52,34 @@ class Existing:
     blob_key: str
     sha256: str
     version: int
+    content_sha256: str | None
+    """Empty for instances indexed before it was recorded."""
+    earlier_content_sha256: str | None
+
+    def has_content(self, content_sha256: str) -> bool:
+        """Whether this version, or one it replaced, holds that content."""
+        return content_sha256 in _contents(self.content_sha256, self.earlier_content_sha256)
 
 
-_FIND = select(Instance.blob_key, Instance.sha256, Instance.version).where(
-    Instance.sop_instance_uid == bindparam("uid")
-)
+def _contents(current: str | None, earlier: str | None) -> list[str]:
+    return [*(earlier or "").split(), *([current] if current else [])]
+
+
+_FIND = select(
+    Instance.blob_key,
+    Instance.sha256,
+    Instance.version,
+    Instance.content_sha256,
+    Instance.earlier_content_sha256,
+).where(Instance.sop_instance_uid == bindparam("uid"))
 _LOCK_INSTANCE = (
     select(
         Instance.id,
         Instance.series_pk,
         Instance.blob_key,
         Instance.sha256,
+        Instance.content_sha256,
+        Instance.earlier_content_sha256,
         Instance.size,
         Instance.version,
     )
@@ -109,18 +126,44 @@ class CatalogWriter:
         reason: str,
         door: str,
         aet: str | None,
+        content_sha256: str | None = None,
     ) -> QuarantineResult:
         """Hold ``record`` outside the index until reviewed (see :mod:`catalog.quarantine`)."""
-        return hold(self.db, record, blob, reason=reason, door=door, aet=aet)
+        return hold(
+            self.db,
+            record,
+            blob,
+            reason=reason,
+            door=door,
+            aet=aet,
+            content_sha256=content_sha256,
+        )
 
     def index(
-        self, record: InstanceRecord, blob: StoredBlob, *, door: str, aet: str | None
+        self,
+        record: InstanceRecord,
+        blob: StoredBlob,
+        *,
+        door: str,
+        aet: str | None,
+        content_sha256: str | None = None,
+        released_by: str | None = None,
     ) -> IndexResult:
-        """Record ``record`` stored as ``blob``; one transaction, retried on a race."""
+        """Record ``record`` stored as ``blob``; one transaction, retried on a race.
+
+        ``content_sha256`` identifies the data set (:attr:`Instance.content_sha256`): content
+        the instance already had is ``SAME``. With ``released_by``, the instance leaves the
+        quarantine: its quarantine row goes and the release is audited in the same
+        transaction.
+        """
         for attempt in range(3):
             try:
                 with self.db.write() as session:
-                    return _index(session.connection(), record, blob, door, aet)
+                    connection = session.connection()
+                    result = _index(connection, record, blob, door, aet, content_sha256)
+                    if released_by is not None:
+                        released(connection, record.instance.sop_instance_uid, released_by)
+                    return result
             except IntegrityError:
                 # A concurrent writer (PostgreSQL) inserted the same instance or parent row
                 # between our read and our insert; the retry sees its row.
@@ -130,12 +173,17 @@ class CatalogWriter:
 
 
 def _index(
-    conn: Connection, record: InstanceRecord, blob: StoredBlob, door: str, aet: str | None
+    conn: Connection,
+    record: InstanceRecord,
+    blob: StoredBlob,
+    door: str,
+    aet: str | None,
+    content_sha256: str | None,
 ) -> IndexResult:
     uid = record.instance.sop_instance_uid
     existing = conn.execute(_LOCK_INSTANCE, {"uid": uid}).one_or_none()
     if existing is not None:
-        return _replace(conn, existing, record, blob, door, aet)
+        return _replace(conn, existing, record, blob, door, aet, content_sha256)
 
     changes: list[tuple[ChangeType, str]] = []
     known = conn.execute(_SERIES, {"uid": record.series.series_instance_uid}).one_or_none()
@@ -162,6 +210,7 @@ def _index(
             "series_pk": series_pk,
             "blob_key": blob.key,
             "sha256": blob.sha256,
+            "content_sha256": content_sha256,
             "size": blob.size,
             "version": 1,
             "metadata_json": record.metadata_json,
@@ -232,9 +281,13 @@ def _replace(
     blob: StoredBlob,
     door: str,
     aet: str | None,
+    content_sha256: str | None,
 ) -> IndexResult:
-    if existing.sha256 == blob.sha256:
-        return IndexResult(IndexOutcome.SAME, existing.version, obsolete_blob_key=blob.key)
+    known = _contents(existing.content_sha256, existing.earlier_content_sha256)
+    if existing.sha256 == blob.sha256 or content_sha256 in known:
+        # Another writer indexed this content first (or it is a version already replaced).
+        ours = blob.key if blob.key != existing.blob_key else None
+        return IndexResult(IndexOutcome.SAME, existing.version, obsolete_blob_key=ours)
     version = existing.version + 1
     conn.execute(
         update(Instance)
@@ -242,6 +295,8 @@ def _replace(
         .values(
             blob_key=blob.key,
             sha256=blob.sha256,
+            content_sha256=content_sha256,
+            earlier_content_sha256=" ".join(known) or None,
             size=blob.size,
             version=version,
             metadata_json=record.metadata_json,

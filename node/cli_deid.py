@@ -16,7 +16,7 @@ from rich.table import Table
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
-from catalog import CatalogWriter, Database
+from catalog import Database
 from catalog.models import Instance, QuarantinedInstance
 from catalog.quarantine import held
 from config import Settings
@@ -24,7 +24,8 @@ from deid import SecretsError, Vault, VaultError, build_profile, load_secrets
 from deid.check import Finding, HeaderChecker, OriginalIndex
 from deid.deidentifier import options_from
 from ingest.files import count_inputs, list_files, read_inputs
-from ingest.review import ReviewError, discard, release
+from ingest.review import ReviewError, discard
+from node.app import build_core
 from node.cli_common import (
     ConfigOpt,
     DatabaseOpt,
@@ -228,25 +229,29 @@ def _review(
     action: str,
 ) -> None:
     settings = cli_settings(config, data_dir, database_url)
-    db, vault = _open(settings)
-    catalog = CatalogWriter(db)
-    blobs = FilesystemBlobStore(settings.blob_root, fsync=settings.fsync)
+    require_catalog(settings)
+    try:
+        load_secrets(settings.secrets_root, create=False)
+    except SecretsError as exc:
+        raise fail(str(exc)) from None
+    core = build_core(settings)
     failed = False
     try:
         for uid in uids:
             try:
                 if action == "release":
-                    outcome = release(catalog, blobs, uid)
-                    out.print(f"{uid}: released ({outcome.value})", highlight=False)
+                    result = core.ingestor.release(uid, actor=cli_actor())
+                    if not result.outcome.success:
+                        raise ReviewError(f"{uid}: not released: {result.reason}")
+                    out.print(f"{uid}: released ({result.outcome.value})", highlight=False)
                 else:
-                    discard(catalog, blobs, uid)
+                    discard(core.ingestor.catalog, core.blobs, uid, actor=cli_actor())
                     out.print(f"{uid}: discarded", highlight=False)
-                vault.audit(cli_actor(), f"quarantine_{action}", uid, "ok")
             except ReviewError as exc:
                 err.print(f"[red]Error:[/red] {exc}", highlight=False)
                 failed = True
     finally:
-        db.dispose()
+        core.close()
     if failed:
         raise typer.Exit(1)
 
