@@ -95,7 +95,22 @@ class Study(Base):
     )
 
     patient: Mapped[Patient] = relationship(back_populates="studies")
+    """The patient the study was first stored under (whose attributes a query returns
+    unless it matched on another of the study's patients)."""
     series: Mapped[list[Series]] = relationship(back_populates="study")
+
+
+class StudyPatient(Base):
+    """Each patient a study's instances arrived under (the first one included).
+
+    Usually one; real archives have studies whose instances carry two Patient IDs (a
+    patient merge, a corrected registration): queries find the study under each.
+    """
+
+    __tablename__ = "study_patient"
+
+    study_pk: Mapped[int] = mapped_column(ForeignKey("study.id"), primary_key=True)
+    patient_pk: Mapped[int] = mapped_column(ForeignKey("patient.id"), primary_key=True, index=True)
 
 
 class Series(Base):

@@ -17,7 +17,16 @@ from sqlalchemy.exc import IntegrityError
 
 from catalog.attributes import InstanceRecord
 from catalog.db import Database
-from catalog.models import Change, ChangeType, Instance, Patient, Series, Study, utcnow
+from catalog.models import (
+    Change,
+    ChangeType,
+    Instance,
+    Patient,
+    Series,
+    Study,
+    StudyPatient,
+    utcnow,
+)
 from catalog.normalize import fold, name_key
 from catalog.quarantine import QuarantineResult, hold, released
 
@@ -86,7 +95,12 @@ _LOCK_INSTANCE = (
     .where(Instance.sop_instance_uid == bindparam("uid"))
     .with_for_update()
 )
-_SERIES = select(Series.id, Series.study_pk).where(Series.series_instance_uid == bindparam("uid"))
+_SERIES = (
+    select(Series.id, Series.study_pk, Patient.patient_id, Patient.issuer_of_patient_id)
+    .join(Study, Series.study_pk == Study.id)
+    .join(Patient, Study.patient_pk == Patient.id)
+    .where(Series.series_instance_uid == bindparam("uid"))
+)
 _INSERT_INSTANCE = insert(Instance)
 _COUNT_SERIES = (
     update(Series)
@@ -188,7 +202,12 @@ def _index(
     changes: list[tuple[ChangeType, str]] = []
     known = conn.execute(_SERIES, {"uid": record.series.series_instance_uid}).one_or_none()
     if known is not None:
-        series_pk, study_pk = known
+        series_pk, study_pk, patient_id, issuer = known
+        if (patient_id, issuer) != (
+            record.patient.patient_id,
+            record.patient.issuer_of_patient_id,
+        ):
+            _link_patient(conn, record, study_pk, changes)
     else:
         study_pk = _create_parents(conn, record, changes)
         series_pk = _get_or_create(
@@ -246,19 +265,8 @@ def _create_parents(
     conn: Connection, record: InstanceRecord, changes: list[tuple[ChangeType, str]]
 ) -> int:
     """The study of a series seen for the first time (creating the study and patient)."""
-    patient_pk = _get_or_create(
-        conn,
-        Patient,
-        {
-            **asdict(record.patient),
-            "patient_name_ci": fold(record.patient.patient_name),
-            "patient_name_fuzzy": name_key(record.patient.patient_name),
-        },
-        ("patient_id", "issuer_of_patient_id"),
-        ChangeType.NEW_PATIENT,
-        changes,
-    )
-    return _get_or_create(
+    patient_pk = _patient(conn, record, changes)
+    study_pk = _get_or_create(
         conn,
         Study,
         {
@@ -272,6 +280,39 @@ def _create_parents(
         ChangeType.NEW_STUDY,
         changes,
     )
+    _insert_ignoring_conflict(conn, StudyPatient, {"study_pk": study_pk, "patient_pk": patient_pk})
+    return study_pk
+
+
+def _patient(
+    conn: Connection, record: InstanceRecord, changes: list[tuple[ChangeType, str]]
+) -> int:
+    return _get_or_create(
+        conn,
+        Patient,
+        {
+            **asdict(record.patient),
+            "patient_name_ci": fold(record.patient.patient_name),
+            "patient_name_fuzzy": name_key(record.patient.patient_name),
+        },
+        ("patient_id", "issuer_of_patient_id"),
+        ChangeType.NEW_PATIENT,
+        changes,
+    )
+
+
+def _link_patient(
+    conn: Connection, record: InstanceRecord, study_pk: int, changes: list[tuple[ChangeType, str]]
+) -> None:
+    """Make ``record``'s patient one of the study's (a study found under each Patient ID its
+    instances arrived with)."""
+    patient_pk = _patient(conn, record, changes)
+    _insert_ignoring_conflict(conn, StudyPatient, {"study_pk": study_pk, "patient_pk": patient_pk})
+
+
+def _insert_ignoring_conflict(conn: Connection, model: type[Any], values: dict[str, Any]) -> None:
+    dialect_insert = sqlite_insert if conn.dialect.name == "sqlite" else pg_insert
+    conn.execute(dialect_insert(model).values(**values).on_conflict_do_nothing())
 
 
 def _replace(
@@ -311,6 +352,8 @@ def _replace(
     study_pk = conn.execute(
         select(Series.study_pk).where(Series.id == existing.series_pk)
     ).scalar_one()
+    changes: list[tuple[ChangeType, str]] = []
+    _link_patient(conn, record, study_pk, changes)  # the new version may name another
     conn.execute(
         _COUNT_STUDY,
         {
@@ -321,15 +364,11 @@ def _replace(
             "now": utcnow(),
         },
     )
+    changes.append((ChangeType.INSTANCE_REPLACED, record.instance.sop_instance_uid))
+    now = utcnow()
     conn.execute(
         _INSERT_CHANGE,
-        [
-            {
-                "change_type": ChangeType.INSTANCE_REPLACED,
-                "resource_uid": record.instance.sop_instance_uid,
-                "created_at": utcnow(),
-            }
-        ],
+        [{"change_type": kind, "resource_uid": ref, "created_at": now} for kind, ref in changes],
     )
     return IndexResult(IndexOutcome.REPLACED, version, obsolete_blob_key=existing.blob_key)
 
