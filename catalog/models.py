@@ -161,9 +161,10 @@ class Instance(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     """sha256 of the stored file (what the integrity check verifies)."""
     content_sha256: Mapped[str | None] = mapped_column(String(64))
-    """sha256 of the data set alone, file meta left out (it differs by sender): the identity
-    of the content when the instance arrives again. Empty for instances stored before it
-    was recorded (computed from the blob when needed)."""
+    """sha256 of the content (:mod:`ingest.identity`: the DICOM JSON and the binary values),
+    whatever file meta and sequence encoding a sender chose: the identity of the content
+    when the instance arrives again. Empty for instances stored before it was recorded
+    (computed from the blob when needed)."""
     earlier_content_sha256: Mapped[str | None] = mapped_column(Text)
     """The ``content_sha256`` of each version this one replaced, space-separated: content
     seen before is a duplicate, so a re-sent tree never churns versions."""

@@ -11,7 +11,6 @@ the shortcut does not apply (deflated or re-encoded data sets) it is that call.
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from io import BytesIO
 from typing import Final
@@ -19,14 +18,12 @@ from typing import Final
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
-from pydicom.filereader import data_element_generator
 from pydicom.filewriter import write_data_element, write_file_meta_info
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
 _UNDEFINED_LENGTH: Final = 0xFFFFFFFF
 _PREAMBLE: Final = b"\0" * 128
-_PREFIX_END: Final = 132  # preamble and "DICM"
 
 
 def encode(dataset: Dataset, received: bytes | None = None) -> bytes:
@@ -110,30 +107,3 @@ def _raw_span(element: DataElement | RawDataElement, implicit: bool) -> tuple[in
     else:
         return None
     return (start, end) if start > 0 else None
-
-
-def content_sha256(data: bytes) -> str:
-    """sha256 of the data set of a Part 10 stream, without preamble and file meta.
-
-    One instance sent by two senders differs in its file meta only (Implementation Class
-    UID and Version Name, Source Application Entity Title, ...), so this, not the sha256 of
-    the file, says whether the same content arrived again.
-    """
-    return hashlib.sha256(memoryview(data)[data_set_offset(data) :]).hexdigest()
-
-
-def data_set_offset(data: bytes) -> int:
-    """Where the data set of a Part 10 stream starts: after the group 0002 elements, however
-    long the file meta says it is (as pydicom reads it)."""
-    if data[128:_PREFIX_END] != b"DICM":
-        return 0
-    stream = BytesIO(data)
-    stream.seek(_PREFIX_END)
-    for _ in data_element_generator(
-        stream,
-        is_implicit_VR=False,
-        is_little_endian=True,
-        stop_when=lambda tag, _vr, _length: tag.group != 2,
-    ):
-        pass
-    return stream.tell()

@@ -20,7 +20,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from catalog import CatalogWriter, IndexOutcome, InstanceRecord, extract, to_dicom_json
 from catalog.quarantine import Held, QuarantineOutcome, find_held
 from deid import Deidentifier, DeidRejectedError
-from ingest.encoding import content_sha256, encode
+from ingest.encoding import encode
+from ingest.identity import content_sha256
 from ingest.model import Expected, IngestResult, Outcome, ReviewError, Source
 from storage import BlobNotFoundError, BlobRef, BlobStore, StorageError
 
@@ -132,11 +133,10 @@ class Ingestor:
         dataset = deidentified.dataset
         data = encode(dataset, raw) if deidentified.changed else raw
         result = _result(dataset, source, len(data))
-        content = content_sha256(data)
+        record = _record(dataset, result, deidentified.method, deidentified.flag)
+        content = content_sha256(dataset, record.metadata_json)
         if self._already_holds(result, content):
             return replace(result, outcome=Outcome.DUPLICATE)
-
-        record = _record(dataset, result, deidentified.method, deidentified.flag)
         try:
             blob = self.blobs.put(data)
         except StorageError as exc:
@@ -154,7 +154,8 @@ class Ingestor:
         result = _result(dataset, source, len(data))
         record = _record(dataset, result, held.method, held.reason)
         blob = BlobRef(key=held.blob_key, sha256=held.sha256, size=held.size)
-        return self._index(result, record, blob, content_sha256(data), released_by=actor)
+        content = content_sha256(dataset, record.metadata_json)
+        return self._index(result, record, blob, content, released_by=actor)
 
     def _already_holds(self, result: IngestResult, content: str) -> bool:
         """The dedupe step: whether the catalog has this content under this SOP Instance
@@ -169,9 +170,11 @@ class Ingestor:
         if existing.content_sha256 is None:  # indexed before content hashes were recorded
             try:
                 with self.blobs.open(existing.blob_key) as stream:
-                    return content_sha256(stream.read()) == content
-            except (BlobNotFoundError, OSError):
-                return False  # its blob is missing: storing this copy repairs it
+                    stored = parse(stream.read())
+            except (BlobNotFoundError, OSError, _RejectedError):
+                return False  # its blob is missing or unreadable: this copy replaces it
+            stored_json = _record(stored, _result(stored, result.source, 0), None, None)
+            return content_sha256(stored, stored_json.metadata_json) == content
         return existing.has_content(content)
 
     def _index(

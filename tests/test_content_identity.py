@@ -7,7 +7,6 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from sqlalchemy import select, update
 from catalog.models import Change, ChangeType, Instance
 from ingest import Outcome, Source
 from node.app import Core
+from tests.cli_summary import import_outcomes
 from tests.dicom_bytes import part10, sample
 from tests.peers import free_port, pacsnode_process, storescu
 
@@ -41,6 +41,34 @@ def test_the_same_data_set_in_other_file_meta_is_a_duplicate(core: Core) -> None
     assert again.outcome is Outcome.DUPLICATE
     with core.db.read() as session:
         assert session.scalars(select(Instance.version)).one() == 1
+
+
+def test_the_same_data_set_with_other_sequence_lengths_is_a_duplicate(core: Core) -> None:
+    """What dcmtk's storescu does to a file: sequences of undefined length get explicit ones
+    (and the other way round)."""
+    explicit = sample("rtplan.dcm")
+    undefined = sample("rtplan.dcm")
+    for element in undefined.iterall():
+        if element.VR == "SQ":
+            element.is_undefined_length = True
+            for item in element.value:
+                item.is_undefined_length_sequence_item = True
+    assert part10(explicit) != part10(undefined)
+    assert core.ingestor.accept(part10(explicit), SOURCE).outcome is Outcome.STORED
+    assert core.ingestor.accept(part10(undefined), SOURCE).outcome is Outcome.DUPLICATE
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small_implicit.dcm", "MR_small_RLE.dcm"])
+def test_other_pixel_data_is_other_content(core: Core, name: str) -> None:
+    """Pixel data is a BulkDataURI in the JSON: its bytes count on their own (native, implicit
+    VR, encapsulated)."""
+    original = sample(name)
+    changed = sample(name)
+    pixels = bytearray(changed.PixelData)
+    pixels[len(pixels) // 2] ^= 0xFF
+    changed.PixelData = bytes(pixels)
+    assert core.ingestor.accept(part10(original), SOURCE).outcome is Outcome.STORED
+    assert core.ingestor.accept(part10(changed), SOURCE).outcome is Outcome.REPLACED
 
 
 def test_an_instance_indexed_before_content_hashes_is_compared_by_its_blob(core: Core) -> None:
@@ -78,16 +106,6 @@ def pacsnode(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def outcomes(summary: str) -> Counter[str]:
-    """Outcome -> files from the import summary table."""
-    counts: Counter[str] = Counter()
-    for line in summary.splitlines():
-        cells = [cell.strip() for cell in line.strip("│ ").split("│")]
-        if len(cells) == 2 and cells[1].replace(",", "").isdigit():
-            counts[cells[0]] += int(cells[1].replace(",", ""))
-    return counts
-
-
 @pytest.mark.slow
 def test_storescu_then_import_of_the_same_file_is_a_duplicate(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
@@ -96,7 +114,7 @@ def test_storescu_then_import_of_the_same_file_is_a_duplicate(tmp_path: Path) ->
         assert storescu([ct], port=node.dicom_port, aet_called="PACSNODE").ok
         imported = pacsnode("import", str(ct), "--data-dir", str(data_dir))
     assert imported.returncode == 0, imported.stdout + imported.stderr
-    assert outcomes(imported.stdout) == {"duplicate": 1}
+    assert import_outcomes(imported.stdout) == {"duplicate": 1}
     catalog = sqlite3.connect(data_dir / "catalog.sqlite")
     try:
         assert catalog.execute("SELECT version, source_door FROM instance").fetchall() == [
@@ -115,9 +133,9 @@ def test_importing_a_tree_again_gives_only_duplicates(tmp_path: Path) -> None:
     for path in Path(get_testdata_file("CT_small.dcm")).parent.glob("*.dcm"):
         shutil.copy(path, tree)
     data_dir = str(tmp_path / "data")
-    first = outcomes(pacsnode("import", str(tree), "--data-dir", data_dir).stdout)
+    first = import_outcomes(pacsnode("import", str(tree), "--data-dir", data_dir).stdout)
     assert first["stored"] > 10 and first["replaced"] > 10
-    second = outcomes(pacsnode("import", str(tree), "--data-dir", data_dir).stdout)
+    second = import_outcomes(pacsnode("import", str(tree), "--data-dir", data_dir).stdout)
     accepted = first["stored"] + first["replaced"] + first["duplicate"]
     assert second["duplicate"] == accepted
     assert second["stored"] == second["replaced"] == 0

@@ -1,4 +1,4 @@
-"""content identity: sha256 of the data set without its file meta, and of earlier versions
+"""content identity: sha256 of an instance's content (not of its file), and of earlier versions
 
 Revision ID: 0007_content
 Revises: 0004
