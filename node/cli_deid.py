@@ -109,7 +109,7 @@ def check(
         if all_:
             blobs = FilesystemBlobStore(settings.blob_root)
             stored = _stored(db)
-            inputs: Iterator[tuple[str, bytes | None]] = (
+            inputs: Iterator[tuple[str, bytes | str | None]] = (
                 (uid, _read_blob(blobs, key)) for uid, key in stored
             )
             total = len(stored)
@@ -118,7 +118,7 @@ def check(
                 files = list_files(paths or [])
             except FileNotFoundError as exc:
                 raise fail(str(exc)) from None
-            inputs = iter(read_inputs(files))
+            inputs = ((c.name, c.data or c.refused) for c in read_inputs(files, settings.imports))
             total = count_inputs(files)
         with progress_bar() as progress:
             task = progress.add_task("checking", total=total)
@@ -152,9 +152,13 @@ def _read_blob(blobs: FilesystemBlobStore, key: str) -> bytes | None:
         return None
 
 
-def _check_one(checker: HeaderChecker, where: str, data: bytes | None) -> list[Finding]:
+def _check_one(checker: HeaderChecker, where: str, data: bytes | str | None) -> list[Finding]:
+    """Findings of one stored blob or input file (``None``: its blob is missing; text: why
+    the input was not read)."""
     if data is None:
         return [Finding(where, "-", "-", "blob missing")]
+    if isinstance(data, str):
+        return [Finding(where, "-", "-", data)]
     try:
         ds = dcmread(BytesIO(data), stop_before_pixels=True)
     except Exception as exc:
