@@ -202,7 +202,10 @@ class _Reader:
                 spool.write(chunk)
             budget.charge(info.file_size)
             spool.rewind()
-            with zipfile.ZipFile(io.BufferedReader(spool, _CHUNK)) as inner:
+            with (
+                io.BufferedReader(spool, _CHUNK) as spooled,
+                zipfile.ZipFile(spooled) as inner,
+            ):
                 yield from self._archive(name, inner, depth + 1, budget, share)
 
     def _refusal(self, name: str, head: bytes, size: int) -> str:

@@ -173,8 +173,8 @@ class Ingestor:
                     stored = parse(stream.read())
             except (BlobNotFoundError, OSError, _RejectedError):
                 return False  # its blob is missing or unreadable: this copy replaces it
-            stored_json = _record(stored, _result(stored, result.source, 0), None, None)
-            return content_sha256(stored, stored_json.metadata_json) == content
+            uids = _result(stored, result.source, 0)
+            return content_sha256(stored, _metadata_json(stored, uids)) == content
         return existing.has_content(content)
 
     def _index(
@@ -359,16 +359,7 @@ def _record(
     dataset: Dataset, result: IngestResult, method: str | None, flag: str | None
 ) -> InstanceRecord:
     """What the catalog indexes of ``dataset``, with how it was de-identified."""
-    assert result.study_instance_uid and result.series_instance_uid and result.sop_instance_uid
-    record = extract(
-        dataset,
-        _metadata_json(
-            dataset,
-            result.study_instance_uid,
-            result.series_instance_uid,
-            result.sop_instance_uid,
-        ),
-    )
+    record = extract(dataset, _metadata_json(dataset, result))
     if method or flag:
         record = replace(
             record, instance=replace(record.instance, deid_method=method, deid_flag=flag)
@@ -376,9 +367,13 @@ def _record(
     return record
 
 
-def _metadata_json(dataset: Dataset, study: str, series: str, sop: str) -> str:
+def _metadata_json(dataset: Dataset, uids: IngestResult) -> str:
+    """The DICOM JSON of ``dataset``, whose stored UIDs ``uids`` names."""
+    assert uids.study_instance_uid and uids.series_instance_uid and uids.sop_instance_uid
     try:
-        return to_dicom_json(dataset, study, series, sop)
+        return to_dicom_json(
+            dataset, uids.study_instance_uid, uids.series_instance_uid, uids.sop_instance_uid
+        )
     except RecursionError:
         raise _RejectedError(
             Outcome.REJECTED_INVALID, "malformed DICOM: sequences nested too deeply"

@@ -20,6 +20,7 @@ from pydicom.data import get_testdata_file
 from config import ImportSettings
 from ingest.files import count_inputs, read_inputs
 from ingest.headerless import NOT_DICOM
+from ingest.spool import EncryptedSpool
 from tests.cli_summary import import_outcomes
 from tests.dicom_bytes import part10, sample
 
@@ -214,3 +215,19 @@ def test_a_damaged_or_empty_top_level_archive_is_a_refused_file(tmp_path: Path) 
         (str(cut), "damaged zip archive (BadZipFile)"),
         (str(renamed), "named .zip but not a zip archive"),
     ]
+
+
+def test_the_spool_keeps_no_plaintext_on_disk_and_reads_back_anywhere() -> None:
+    data = part10(sample())
+    assert b"CompressedSamples" in data  # the patient name of CT_small.dcm
+    with EncryptedSpool() as spool:
+        for start in range(0, len(data), 1000):
+            spool.write(data[start : start + 1000])
+        spool.rewind()
+        spool._file.seek(0)
+        on_disk = spool._file.read()
+        assert len(on_disk) == len(data) and b"CompressedSamples" not in on_disk
+        reader = io.BufferedReader(spool, 4096)
+        for start, length in ((0, 132), (5, 17), (len(data) - 40, 100), (4095, 4098)):
+            reader.seek(start)
+            assert reader.read(length) == data[start : start + length]
