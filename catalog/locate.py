@@ -14,7 +14,7 @@ from typing import TypeVarTuple
 from sqlalchemy import Select, select
 
 from catalog.db import Database
-from catalog.models import Instance, Patient, Series, Study
+from catalog.models import Instance, Patient, Series, Study, StudyPatient
 
 
 @dataclass(frozen=True)
@@ -154,8 +154,10 @@ def locate_keys(db: Database, keys: RetrieveKeys) -> list[StoredInstance]:
             Instance.id,
         )
     )
-    if keys.patient_ids:
-        statement = statement.join(Patient, Study.patient_pk == Patient.id)
+    if keys.patient_ids:  # any patient the study's instances arrived under
+        statement = statement.join(StudyPatient, StudyPatient.study_pk == Study.id).join(
+            Patient, StudyPatient.patient_pk == Patient.id
+        )
     # The longest list is split into chunks; the others (short in practice) go whole.
     longest = max(range(len(columns)), key=lambda index: len(columns[index][1]))
     for index, (column, values) in enumerate(columns):

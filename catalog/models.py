@@ -95,7 +95,22 @@ class Study(Base):
     )
 
     patient: Mapped[Patient] = relationship(back_populates="studies")
+    """The patient the study was first stored under (whose attributes a query returns
+    unless it matched on another of the study's patients)."""
     series: Mapped[list[Series]] = relationship(back_populates="study")
+
+
+class StudyPatient(Base):
+    """Each patient a study's instances arrived under (the first one included).
+
+    Usually one; real archives have studies whose instances carry two Patient IDs (a
+    patient merge, a corrected registration): queries find the study under each.
+    """
+
+    __tablename__ = "study_patient"
+
+    study_pk: Mapped[int] = mapped_column(ForeignKey("study.id"), primary_key=True)
+    patient_pk: Mapped[int] = mapped_column(ForeignKey("patient.id"), primary_key=True, index=True)
 
 
 class Series(Base):
@@ -144,6 +159,15 @@ class Instance(Base):
     content_time: Mapped[str | None] = mapped_column(String(16))
     blob_key: Mapped[str] = mapped_column(String(64), index=True)
     sha256: Mapped[str] = mapped_column(String(64))
+    """sha256 of the stored file (what the integrity check verifies)."""
+    content_sha256: Mapped[str | None] = mapped_column(String(64))
+    """sha256 of the content (:mod:`ingest.identity`: the DICOM JSON and the binary values),
+    whatever file meta and sequence encoding a sender chose: the identity of the content
+    when the instance arrives again. Empty for instances stored before it was recorded
+    (computed from the blob when needed)."""
+    earlier_content_sha256: Mapped[str | None] = mapped_column(Text)
+    """The ``content_sha256`` of each version this one replaced, space-separated: content
+    seen before is a duplicate, so a re-sent tree never churns versions."""
     size: Mapped[int] = mapped_column(BigInteger)
     version: Mapped[int] = mapped_column(Integer, default=1)
     metadata_json: Mapped[str] = mapped_column(Text)
@@ -234,6 +258,8 @@ class QuarantinedInstance(Base):
     deid_method: Mapped[str | None] = mapped_column(String(128))
     blob_key: Mapped[str] = mapped_column(String(64))
     sha256: Mapped[str] = mapped_column(String(64))
+    content_sha256: Mapped[str | None] = mapped_column(String(64))
+    """As :attr:`Instance.content_sha256`."""
     size: Mapped[int] = mapped_column(BigInteger)
     source_door: Mapped[str] = mapped_column(String(16))
     source_aet: Mapped[str | None] = mapped_column(String(16))

@@ -10,11 +10,12 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Connection, delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from catalog.attributes import InstanceRecord
+from catalog.audit import record_audit
 from catalog.db import Database
 from catalog.models import QuarantinedInstance, utcnow
 
@@ -45,6 +46,7 @@ class Held:
     reason: str
     method: str | None
     blob_key: str
+    sha256: str
     size: int
     received_at: str
 
@@ -57,6 +59,7 @@ def hold(
     reason: str,
     door: str,
     aet: str | None,
+    content_sha256: str | None = None,
 ) -> QuarantineResult:
     """Record ``record`` (stored as ``blob``) as quarantined; one transaction."""
     values = {
@@ -68,6 +71,7 @@ def hold(
         "deid_method": record.instance.deid_method,
         "blob_key": blob.key,
         "sha256": blob.sha256,
+        "content_sha256": content_sha256,
         "size": blob.size,
         "source_door": door,
         "source_aet": aet,
@@ -85,11 +89,16 @@ def hold(
         if inserted is not None:
             return QuarantineResult(QuarantineOutcome.NEW)
         existing = connection.execute(
-            select(QuarantinedInstance.blob_key, QuarantinedInstance.sha256)
+            select(
+                QuarantinedInstance.blob_key,
+                QuarantinedInstance.sha256,
+                QuarantinedInstance.content_sha256,
+            )
             .where(QuarantinedInstance.sop_instance_uid == values["sop_instance_uid"])
             .with_for_update()
         ).one()
-        if existing.sha256 == blob.sha256:
+        same_content = content_sha256 is not None and existing.content_sha256 == content_sha256
+        if existing.sha256 == blob.sha256 or same_content:
             return QuarantineResult(QuarantineOutcome.SAME, obsolete_blob_key=blob.key)
         connection.execute(
             update(QuarantinedInstance)
@@ -106,14 +115,26 @@ def held(db: Database) -> list[Held]:
         return [_held(r) for r in rows]
 
 
-def forget(db: Database, sop_instance_uid: str) -> None:
-    """Drop the quarantine row (after the instance was indexed or its blob removed)."""
+def released(connection: Connection, sop_instance_uid: str, actor: str) -> None:
+    """Drop the quarantine row of an instance ``actor`` released, and audit it, in the
+    transaction that indexes it (:meth:`catalog.CatalogWriter.index`)."""
+    _forget(connection, sop_instance_uid)
+    record_audit(connection, actor, "quarantine_release", sop_instance_uid)
+
+
+def discarded(db: Database, sop_instance_uid: str, actor: str) -> None:
+    """Drop the quarantine row of an instance ``actor`` discarded (before its blob goes),
+    and audit it; one transaction."""
     with db.write() as session:
-        session.execute(
-            delete(QuarantinedInstance).where(
-                QuarantinedInstance.sop_instance_uid == sop_instance_uid
-            )
-        )
+        connection = session.connection()
+        _forget(connection, sop_instance_uid)
+        record_audit(connection, actor, "quarantine_discard", sop_instance_uid)
+
+
+def _forget(connection: Connection, sop_instance_uid: str) -> None:
+    connection.execute(
+        delete(QuarantinedInstance).where(QuarantinedInstance.sop_instance_uid == sop_instance_uid)
+    )
 
 
 def find_held(db: Database, sop_instance_uid: str) -> Held | None:
@@ -136,6 +157,7 @@ def _held(r: QuarantinedInstance) -> Held:
         r.reason,
         r.deid_method,
         r.blob_key,
+        r.sha256,
         r.size,
         r.received_at.isoformat(),
     )

@@ -24,6 +24,11 @@ Title) are the door's to add; a C-FIND door keeps only the keys its identifier a
 
 Rows come in a stable order: patients and studies in the order they were first stored,
 series by Series Number within their study, instances by Instance Number within their series.
+
+A study whose instances arrived under several Patient IDs belongs to each of those patients:
+patient-level matching keys (PatientID, PatientName, ...) at STUDY, SERIES or IMAGE level
+match any of them, and the answer carries the first patient that matched (without such keys,
+the one the study was first stored under). At PATIENT level each patient counts the study.
 """
 
 from __future__ import annotations
@@ -39,10 +44,11 @@ from typing import Any, Final
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from sqlalchemy import ColumnElement, Select, and_, exists, func, literal, or_, select
+from sqlalchemy.sql.util import ClauseAdapter
 
 from catalog.attributes import normalize_date, normalize_time
 from catalog.db import Database
-from catalog.models import Instance, Patient, Series, Study
+from catalog.models import Instance, Patient, Series, Study, StudyPatient
 from catalog.normalize import fold, name_words, phonetic
 
 DicomJson = dict[str, Any]
@@ -123,8 +129,8 @@ ATTRIBUTES: Final[tuple[Attribute, ...]] = (
         "NumberOfPatientRelatedStudies",
         _P,
         _M.RETURN_ONLY,
-        select(func.count(Study.id))
-        .where(Study.patient_pk == Patient.id)
+        select(func.count(StudyPatient.study_pk))
+        .where(StudyPatient.patient_pk == Patient.id)
         .correlate(Patient)
         .scalar_subquery(),
     ),
@@ -133,7 +139,8 @@ ATTRIBUTES: Final[tuple[Attribute, ...]] = (
         _P,
         _M.RETURN_ONLY,
         select(func.coalesce(func.sum(Study.number_of_series), 0))
-        .where(Study.patient_pk == Patient.id)
+        .join(StudyPatient, StudyPatient.study_pk == Study.id)
+        .where(StudyPatient.patient_pk == Patient.id)
         .correlate(Patient)
         .scalar_subquery(),
     ),
@@ -142,7 +149,8 @@ ATTRIBUTES: Final[tuple[Attribute, ...]] = (
         _P,
         _M.RETURN_ONLY,
         select(func.coalesce(func.sum(Study.number_of_instances), 0))
-        .where(Study.patient_pk == Patient.id)
+        .join(StudyPatient, StudyPatient.study_pk == Study.id)
+        .where(StudyPatient.patient_pk == Patient.id)
         .correlate(Patient)
         .scalar_subquery(),
     ),
@@ -647,32 +655,53 @@ def _has_series_modality(modality_matches: ColumnElement[bool]) -> ColumnElement
 # ----------------------------------------------------------------------------- execution
 
 
-def _base_select(level: QueryLevel, columns: list[Any]) -> Select[Any]:
+def _base_select(
+    level: QueryLevel, columns: list[Any], patient_matches: list[ColumnElement[bool]]
+) -> Select[Any]:
     """The level's entity (its primary key first) joined to its parents, in stable order."""
     if level is QueryLevel.PATIENT:
         return select(Patient.id, *columns).order_by(Patient.id)
     if level is QueryLevel.STUDY:
-        return (
-            select(Study.id, *columns)
-            .select_from(Study)
-            .join(Patient, Study.patient_pk == Patient.id)
-            .order_by(Study.id)
+        statement = select(Study.id, *columns).select_from(Study)
+        order: tuple[Any, ...] = (Study.id,)
+    elif level is QueryLevel.SERIES:
+        statement = (
+            select(Series.id, *columns).select_from(Series).join(Study, Series.study_pk == Study.id)
         )
-    if level is QueryLevel.SERIES:
-        return (
-            select(Series.id, *columns)
-            .select_from(Series)
+        order = (Series.study_pk, Series.series_number.asc().nulls_last(), Series.id)
+    else:
+        statement = (
+            select(Instance.id, *columns)
+            .select_from(Instance)
+            .join(Series, Instance.series_pk == Series.id)
             .join(Study, Series.study_pk == Study.id)
-            .join(Patient, Study.patient_pk == Patient.id)
-            .order_by(Series.study_pk, Series.series_number.asc().nulls_last(), Series.id)
         )
+        order = (Instance.series_pk, Instance.instance_number.asc().nulls_last(), Instance.id)
+    return _join_patient(statement, patient_matches).order_by(*order)
+
+
+def _join_patient(statement: Select[Any], matches: list[ColumnElement[bool]]) -> Select[Any]:
+    """Join each study to the patient whose attributes the answer carries.
+
+    A study belongs to every patient its instances arrived under (``study_patient``).
+    Without patient-level matching keys that is the one it was first stored under; with
+    them, the first of its patients that matches (one row per study, not one per patient).
+    """
+    if not matches:
+        return statement.join(Patient, Study.patient_pk == Patient.id)
+    earlier = Patient.__table__.alias("earlier_patient")
+    earlier_link = StudyPatient.__table__.alias("earlier_link")
+    on_earlier = ClauseAdapter(earlier)
+    earlier_match = exists().where(
+        earlier_link.c.study_pk == Study.id,
+        earlier_link.c.patient_pk < Patient.id,
+        earlier.c.id == earlier_link.c.patient_pk,
+        *(on_earlier.traverse(match) for match in matches),
+    )
     return (
-        select(Instance.id, *columns)
-        .select_from(Instance)
-        .join(Series, Instance.series_pk == Series.id)
-        .join(Study, Series.study_pk == Study.id)
-        .join(Patient, Study.patient_pk == Patient.id)
-        .order_by(Instance.series_pk, Instance.instance_number.asc().nulls_last(), Instance.id)
+        statement.join(StudyPatient, StudyPatient.study_pk == Study.id)
+        .join(Patient, StudyPatient.patient_pk == Patient.id)
+        .where(~earlier_match)
     )
 
 
@@ -683,8 +712,13 @@ def run_query(db: Database, query: Query) -> QueryResult:
     instance_json = query.level is QueryLevel.IMAGE and (query.json_tags or query.include_all)
     if instance_json:
         columns.append(Instance.metadata_json)
-    statement = _base_select(query.level, columns)
-    statement = statement.where(*(_condition_sql(c, db.is_sqlite) for c in query.conditions))
+    matches = [_condition_sql(c, db.is_sqlite) for c in query.conditions]
+    patient_matches = [
+        match
+        for condition, match in zip(query.conditions, matches, strict=True)
+        if condition.attribute.level is QueryLevel.PATIENT
+    ]
+    statement = _base_select(query.level, columns, patient_matches).where(*matches)
     if query.limit is not None:
         statement = statement.limit(query.limit + 1)
     if query.offset:
@@ -739,11 +773,11 @@ def _representatives(connection: Any, level: QueryLevel, pks: list[int]) -> dict
         )
     else:
         pick = (
-            select(Study.patient_pk, first)
+            select(StudyPatient.patient_pk, first)
             .join(Series, Instance.series_pk == Series.id)
-            .join(Study, Series.study_pk == Study.id)
-            .where(Study.patient_pk.in_(pks))
-            .group_by(Study.patient_pk)
+            .join(StudyPatient, Series.study_pk == StudyPatient.study_pk)
+            .where(StudyPatient.patient_pk.in_(pks))
+            .group_by(StudyPatient.patient_pk)
         )
     owner_of = {instance: owner for owner, instance in connection.execute(pick).all()}
     documents = connection.execute(

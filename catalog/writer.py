@@ -17,9 +17,18 @@ from sqlalchemy.exc import IntegrityError
 
 from catalog.attributes import InstanceRecord
 from catalog.db import Database
-from catalog.models import Change, ChangeType, Instance, Patient, Series, Study, utcnow
+from catalog.models import (
+    Change,
+    ChangeType,
+    Instance,
+    Patient,
+    Series,
+    Study,
+    StudyPatient,
+    utcnow,
+)
 from catalog.normalize import fold, name_key
-from catalog.quarantine import QuarantineResult, hold
+from catalog.quarantine import QuarantineResult, hold, released
 
 
 class IndexOutcome(enum.Enum):
@@ -52,24 +61,46 @@ class Existing:
     blob_key: str
     sha256: str
     version: int
+    content_sha256: str | None
+    """Empty for instances indexed before it was recorded."""
+    earlier_content_sha256: str | None
+
+    def has_content(self, content_sha256: str) -> bool:
+        """Whether this version, or one it replaced, holds that content."""
+        return content_sha256 in _contents(self.content_sha256, self.earlier_content_sha256)
 
 
-_FIND = select(Instance.blob_key, Instance.sha256, Instance.version).where(
-    Instance.sop_instance_uid == bindparam("uid")
-)
+def _contents(current: str | None, earlier: str | None) -> list[str]:
+    return [*(earlier or "").split(), *([current] if current else [])]
+
+
+_FIND = select(
+    Instance.blob_key,
+    Instance.sha256,
+    Instance.version,
+    Instance.content_sha256,
+    Instance.earlier_content_sha256,
+).where(Instance.sop_instance_uid == bindparam("uid"))
 _LOCK_INSTANCE = (
     select(
         Instance.id,
         Instance.series_pk,
         Instance.blob_key,
         Instance.sha256,
+        Instance.content_sha256,
+        Instance.earlier_content_sha256,
         Instance.size,
         Instance.version,
     )
     .where(Instance.sop_instance_uid == bindparam("uid"))
     .with_for_update()
 )
-_SERIES = select(Series.id, Series.study_pk).where(Series.series_instance_uid == bindparam("uid"))
+_SERIES = (
+    select(Series.id, Series.study_pk, Patient.patient_id, Patient.issuer_of_patient_id)
+    .join(Study, Series.study_pk == Study.id)
+    .join(Patient, Study.patient_pk == Patient.id)
+    .where(Series.series_instance_uid == bindparam("uid"))
+)
 _INSERT_INSTANCE = insert(Instance)
 _COUNT_SERIES = (
     update(Series)
@@ -109,18 +140,44 @@ class CatalogWriter:
         reason: str,
         door: str,
         aet: str | None,
+        content_sha256: str | None = None,
     ) -> QuarantineResult:
         """Hold ``record`` outside the index until reviewed (see :mod:`catalog.quarantine`)."""
-        return hold(self.db, record, blob, reason=reason, door=door, aet=aet)
+        return hold(
+            self.db,
+            record,
+            blob,
+            reason=reason,
+            door=door,
+            aet=aet,
+            content_sha256=content_sha256,
+        )
 
     def index(
-        self, record: InstanceRecord, blob: StoredBlob, *, door: str, aet: str | None
+        self,
+        record: InstanceRecord,
+        blob: StoredBlob,
+        *,
+        door: str,
+        aet: str | None,
+        content_sha256: str | None = None,
+        released_by: str | None = None,
     ) -> IndexResult:
-        """Record ``record`` stored as ``blob``; one transaction, retried on a race."""
+        """Record ``record`` stored as ``blob``; one transaction, retried on a race.
+
+        ``content_sha256`` identifies the data set (:attr:`Instance.content_sha256`): content
+        the instance already had is ``SAME``. With ``released_by``, the instance leaves the
+        quarantine: its quarantine row goes and the release is audited in the same
+        transaction.
+        """
         for attempt in range(3):
             try:
                 with self.db.write() as session:
-                    return _index(session.connection(), record, blob, door, aet)
+                    connection = session.connection()
+                    result = _index(connection, record, blob, door, aet, content_sha256)
+                    if released_by is not None:
+                        released(connection, record.instance.sop_instance_uid, released_by)
+                    return result
             except IntegrityError:
                 # A concurrent writer (PostgreSQL) inserted the same instance or parent row
                 # between our read and our insert; the retry sees its row.
@@ -130,17 +187,27 @@ class CatalogWriter:
 
 
 def _index(
-    conn: Connection, record: InstanceRecord, blob: StoredBlob, door: str, aet: str | None
+    conn: Connection,
+    record: InstanceRecord,
+    blob: StoredBlob,
+    door: str,
+    aet: str | None,
+    content_sha256: str | None,
 ) -> IndexResult:
     uid = record.instance.sop_instance_uid
     existing = conn.execute(_LOCK_INSTANCE, {"uid": uid}).one_or_none()
     if existing is not None:
-        return _replace(conn, existing, record, blob, door, aet)
+        return _replace(conn, existing, record, blob, door, aet, content_sha256)
 
     changes: list[tuple[ChangeType, str]] = []
     known = conn.execute(_SERIES, {"uid": record.series.series_instance_uid}).one_or_none()
     if known is not None:
-        series_pk, study_pk = known
+        series_pk, study_pk, patient_id, issuer = known
+        if (patient_id, issuer) != (
+            record.patient.patient_id,
+            record.patient.issuer_of_patient_id,
+        ):
+            _link_patient(conn, record, study_pk, changes)
     else:
         study_pk = _create_parents(conn, record, changes)
         series_pk = _get_or_create(
@@ -162,6 +229,7 @@ def _index(
             "series_pk": series_pk,
             "blob_key": blob.key,
             "sha256": blob.sha256,
+            "content_sha256": content_sha256,
             "size": blob.size,
             "version": 1,
             "metadata_json": record.metadata_json,
@@ -197,19 +265,8 @@ def _create_parents(
     conn: Connection, record: InstanceRecord, changes: list[tuple[ChangeType, str]]
 ) -> int:
     """The study of a series seen for the first time (creating the study and patient)."""
-    patient_pk = _get_or_create(
-        conn,
-        Patient,
-        {
-            **asdict(record.patient),
-            "patient_name_ci": fold(record.patient.patient_name),
-            "patient_name_fuzzy": name_key(record.patient.patient_name),
-        },
-        ("patient_id", "issuer_of_patient_id"),
-        ChangeType.NEW_PATIENT,
-        changes,
-    )
-    return _get_or_create(
+    patient_pk = _patient(conn, record, changes)
+    study_pk = _get_or_create(
         conn,
         Study,
         {
@@ -223,6 +280,39 @@ def _create_parents(
         ChangeType.NEW_STUDY,
         changes,
     )
+    _insert_ignoring_conflict(conn, StudyPatient, {"study_pk": study_pk, "patient_pk": patient_pk})
+    return study_pk
+
+
+def _patient(
+    conn: Connection, record: InstanceRecord, changes: list[tuple[ChangeType, str]]
+) -> int:
+    return _get_or_create(
+        conn,
+        Patient,
+        {
+            **asdict(record.patient),
+            "patient_name_ci": fold(record.patient.patient_name),
+            "patient_name_fuzzy": name_key(record.patient.patient_name),
+        },
+        ("patient_id", "issuer_of_patient_id"),
+        ChangeType.NEW_PATIENT,
+        changes,
+    )
+
+
+def _link_patient(
+    conn: Connection, record: InstanceRecord, study_pk: int, changes: list[tuple[ChangeType, str]]
+) -> None:
+    """Make ``record``'s patient one of the study's (a study found under each Patient ID its
+    instances arrived with)."""
+    patient_pk = _patient(conn, record, changes)
+    _insert_ignoring_conflict(conn, StudyPatient, {"study_pk": study_pk, "patient_pk": patient_pk})
+
+
+def _insert_ignoring_conflict(conn: Connection, model: type[Any], values: dict[str, Any]) -> None:
+    dialect_insert = sqlite_insert if conn.dialect.name == "sqlite" else pg_insert
+    conn.execute(dialect_insert(model).values(**values).on_conflict_do_nothing())
 
 
 def _replace(
@@ -232,9 +322,13 @@ def _replace(
     blob: StoredBlob,
     door: str,
     aet: str | None,
+    content_sha256: str | None,
 ) -> IndexResult:
-    if existing.sha256 == blob.sha256:
-        return IndexResult(IndexOutcome.SAME, existing.version, obsolete_blob_key=blob.key)
+    known = _contents(existing.content_sha256, existing.earlier_content_sha256)
+    if existing.sha256 == blob.sha256 or content_sha256 in known:
+        # Another writer indexed this content first (or it is a version already replaced).
+        ours = blob.key if blob.key != existing.blob_key else None
+        return IndexResult(IndexOutcome.SAME, existing.version, obsolete_blob_key=ours)
     version = existing.version + 1
     conn.execute(
         update(Instance)
@@ -242,6 +336,8 @@ def _replace(
         .values(
             blob_key=blob.key,
             sha256=blob.sha256,
+            content_sha256=content_sha256,
+            earlier_content_sha256=" ".join(known) or None,
             size=blob.size,
             version=version,
             metadata_json=record.metadata_json,
@@ -256,6 +352,8 @@ def _replace(
     study_pk = conn.execute(
         select(Series.study_pk).where(Series.id == existing.series_pk)
     ).scalar_one()
+    changes: list[tuple[ChangeType, str]] = []
+    _link_patient(conn, record, study_pk, changes)  # the new version may name another
     conn.execute(
         _COUNT_STUDY,
         {
@@ -266,15 +364,11 @@ def _replace(
             "now": utcnow(),
         },
     )
+    changes.append((ChangeType.INSTANCE_REPLACED, record.instance.sop_instance_uid))
+    now = utcnow()
     conn.execute(
         _INSERT_CHANGE,
-        [
-            {
-                "change_type": ChangeType.INSTANCE_REPLACED,
-                "resource_uid": record.instance.sop_instance_uid,
-                "created_at": utcnow(),
-            }
-        ],
+        [{"change_type": kind, "resource_uid": ref, "created_at": now} for kind, ref in changes],
     )
     return IndexResult(IndexOutcome.REPLACED, version, obsolete_blob_key=existing.blob_key)
 

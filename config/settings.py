@@ -22,6 +22,7 @@ from config.aetitle import check_ae_title
 from config.deid import DeidSettings
 from config.dicomweb import DicomwebSettings
 from config.export import ExportSettings
+from config.imports import ImportSettings
 from config.labeling import LabelingSettings
 from config.orthanc_sync import OrthancSyncSettings
 from config.qr import QueryRetrieveSettings
@@ -118,6 +119,7 @@ class Settings(BaseSettings):
     deid: DeidSettings = Field(default_factory=DeidSettings)
     labeling: LabelingSettings = Field(default_factory=LabelingSettings)
     export: ExportSettings = Field(default_factory=ExportSettings)
+    imports: ImportSettings = Field(default_factory=ImportSettings)
 
     @field_validator("ae_title")
     @classmethod

@@ -1,6 +1,6 @@
 """The one ingest pipeline every door calls: :meth:`Ingestor.accept`."""
 
-from ingest.model import Door, Expected, IngestResult, Outcome, Source
+from ingest.model import Door, Expected, IngestResult, Outcome, ReviewError, Source
 from ingest.pipeline import Ingestor, ResultListener
 
 __all__ = [
@@ -10,5 +10,6 @@ __all__ = [
     "Ingestor",
     "Outcome",
     "ResultListener",
+    "ReviewError",
     "Source",
 ]

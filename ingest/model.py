@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
 
-Door = Literal["dimse", "stow", "sync", "folder"]
+Door = Literal["dimse", "stow", "sync", "folder", "review"]
+"""Where an instance came in; ``review`` is a release from quarantine (by a person)."""
 
 
 class Outcome(enum.Enum):
@@ -26,6 +27,10 @@ class Outcome(enum.Enum):
     @property
     def success(self) -> bool:
         return self in (Outcome.STORED, Outcome.REPLACED, Outcome.DUPLICATE)
+
+
+class ReviewError(LookupError):
+    """No quarantined instance has that UID."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,8 @@ class IngestResult:
     series_instance_uid: str | None = None
     study_instance_uid: str | None = None
     size: int = 0
+    quarantined: bool = False
+    """Stored, but held out of the index until reviewed (:meth:`Ingestor.release`)."""
     seconds: float = 0.0
     reason: str = ""
     """Why it failed, for the peer and the log; never a value from the data set."""

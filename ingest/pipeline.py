@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import time
@@ -19,12 +18,13 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 from sqlalchemy.exc import SQLAlchemyError
 
 from catalog import CatalogWriter, IndexOutcome, InstanceRecord, extract, to_dicom_json
-from catalog.quarantine import QuarantineOutcome
+from catalog.quarantine import Held, QuarantineOutcome, find_held
 from deid import Deidentifier, DeidRejectedError
 from ingest.encoding import encode
-from ingest.model import Expected, IngestResult, Outcome, Source
+from ingest.identity import content_sha256
+from ingest.model import Expected, IngestResult, Outcome, ReviewError, Source
 from ingest.pixeldata import pixel_data_problem
-from storage import BlobRef, BlobStore, StorageError
+from storage import BlobNotFoundError, BlobRef, BlobStore, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +88,36 @@ class Ingestor:
         ``log_failure=False``: the caller logs refusals itself, as a summary of many (a
         STOW-RS request of 10,000 bad parts logs one line, not 10,000).
         """
+        return self._run(
+            source, lambda: self._accept(raw, source, expected), log_failure=log_failure
+        )
+
+    def release(self, sop_instance_uid: str, *, actor: str) -> IngestResult:
+        """Index a quarantined instance (stored UID) after ``actor`` reviewed it.
+
+        It goes through the same index step as :meth:`accept` (deduplicated against what is
+        indexed, listeners told after the commit); its quarantine row goes and the release
+        is audited in the index transaction.
+
+        Raises
+        ------
+        ReviewError
+            No quarantined instance has that UID.
+        """
+        held = find_held(self.catalog.db, sop_instance_uid)
+        if held is None:
+            raise ReviewError(f"no quarantined instance {sop_instance_uid}")
+        source = Source(door="review", remote=actor)
+        return self._run(source, lambda: self._release(held, source, actor))
+
+    def _run(
+        self, source: Source, steps: Callable[[], IngestResult], *, log_failure: bool = True
+    ) -> IngestResult:
+        """Run ``steps``, turn refusals and bugs into a result, then log it and tell the
+        listeners (after the commit: they can no longer change it)."""
         started = time.perf_counter()
         try:
-            result = self._accept(raw, source, expected)
+            result = steps()
         except _RejectedError as rejection:
             result = IngestResult(rejection.outcome, source, reason=rejection.reason)
         except Exception as exc:  # a bug: refuse the instance, keep the node running
@@ -122,43 +149,11 @@ class Ingestor:
             raise _RejectedError(Outcome.REJECTED_DEID, str(exc)) from exc
         dataset = deidentified.dataset
         data = encode(dataset, raw) if deidentified.changed else raw
-
-        uids = _stored_uids(dataset)
-        result = IngestResult(
-            Outcome.STORED,
-            source,
-            sop_class_uid=uids["SOPClassUID"],
-            sop_instance_uid=uids["SOPInstanceUID"],
-            series_instance_uid=uids["SeriesInstanceUID"],
-            study_instance_uid=uids["StudyInstanceUID"],
-            size=len(data),
-        )
-        try:
-            existing = self.catalog.find(uids["SOPInstanceUID"])
-        except SQLAlchemyError as exc:
-            raise _catalog_failure(exc) from exc
-        # Hash only to compare with a stored version; the blob store hashes what it writes.
-        if existing is not None and existing.sha256 == hashlib.sha256(data).hexdigest():
+        result = _result(dataset, source, len(data))
+        record = _record(dataset, result, deidentified.method, deidentified.flag)
+        content = content_sha256(dataset, record.metadata_json)
+        if self._already_holds(result, content):
             return replace(result, outcome=Outcome.DUPLICATE)
-
-        record = extract(
-            dataset,
-            _metadata_json(
-                dataset,
-                uids["StudyInstanceUID"],
-                uids["SeriesInstanceUID"],
-                uids["SOPInstanceUID"],
-            ),
-        )
-        if deidentified.method or deidentified.flag:
-            record = replace(
-                record,
-                instance=replace(
-                    record.instance,
-                    deid_method=deidentified.method,
-                    deid_flag=deidentified.flag,
-                ),
-            )
         try:
             blob = self.blobs.put(data)
         except StorageError as exc:
@@ -166,11 +161,65 @@ class Ingestor:
                 Outcome.FAILED_STORAGE, f"storage failure: {exc.strerror}"
             ) from exc
         if deidentified.quarantine:
-            return self._hold(result, record, blob, deidentified.flag or "held for review")
+            return self._hold(result, record, blob, content, deidentified.flag or "held for review")
+        return self._index(result, record, blob, content)
+
+    def _release(self, held: Held, source: Source, actor: str) -> IngestResult:
+        with self.blobs.open(held.blob_key) as stream:
+            data = stream.read()
+        dataset = parse(data)
+        result = _result(dataset, source, len(data))
+        record = _record(dataset, result, held.method, held.reason)
+        blob = BlobRef(key=held.blob_key, sha256=held.sha256, size=held.size)
+        content = content_sha256(dataset, record.metadata_json)
+        return self._index(result, record, blob, content, released_by=actor)
+
+    def _already_holds(self, result: IngestResult, content: str) -> bool:
+        """The dedupe step: whether the catalog has this content under this SOP Instance
+        UID (as its current version or one it replaced)."""
+        assert result.sop_instance_uid is not None
         try:
-            indexed = self.catalog.index(record, blob, door=source.door, aet=source.calling_aet)
+            existing = self.catalog.find(result.sop_instance_uid)
+        except SQLAlchemyError as exc:
+            raise _catalog_failure(exc) from exc
+        if existing is None:
+            return False
+        if existing.content_sha256 is None:  # indexed before content hashes were recorded
+            try:
+                with self.blobs.open(existing.blob_key) as stream:
+                    stored = parse(stream.read())
+            except (BlobNotFoundError, OSError, _RejectedError):
+                return False  # its blob is missing or unreadable: this copy replaces it
+            uids = _result(stored, result.source, 0)
+            return content_sha256(stored, _metadata_json(stored, uids)) == content
+        return existing.has_content(content)
+
+    def _index(
+        self,
+        result: IngestResult,
+        record: InstanceRecord,
+        blob: BlobRef,
+        content: str,
+        *,
+        released_by: str | None = None,
+    ) -> IngestResult:
+        """The index step: one catalog transaction, then the blob it made obsolete goes.
+
+        A blob stored for this call is removed when indexing fails (Orthanc's order and
+        undo); a released one belongs to its quarantine row, which stays.
+        """
+        try:
+            indexed = self.catalog.index(
+                record,
+                blob,
+                door=result.source.door,
+                aet=result.source.calling_aet,
+                content_sha256=content,
+                released_by=released_by,
+            )
         except Exception as exc:
-            self.blobs.remove(blob.key)  # undo: nothing half-written stays behind
+            if released_by is None:
+                self.blobs.remove(blob.key)  # undo: nothing half-written stays behind
             if isinstance(exc, SQLAlchemyError):
                 raise _catalog_failure(exc) from exc
             raise
@@ -184,12 +233,22 @@ class Ingestor:
         return replace(result, outcome=outcome)
 
     def _hold(
-        self, result: IngestResult, record: InstanceRecord, blob: BlobRef, reason: str
+        self,
+        result: IngestResult,
+        record: InstanceRecord,
+        blob: BlobRef,
+        content: str,
+        reason: str,
     ) -> IngestResult:
         """Store outside the index (quarantine): durable, invisible to queries until review."""
         try:
             held = self.catalog.quarantine(
-                record, blob, reason=reason, door=result.source.door, aet=result.source.calling_aet
+                record,
+                blob,
+                reason=reason,
+                door=result.source.door,
+                aet=result.source.calling_aet,
+                content_sha256=content,
             )
         except Exception as exc:
             self.blobs.remove(blob.key)
@@ -200,7 +259,7 @@ class Ingestor:
             self.blobs.remove(held.obsolete_blob_key)
         log.info("quarantined %s: %s", result.sop_instance_uid, reason)
         outcome = Outcome.DUPLICATE if held.outcome is QuarantineOutcome.SAME else Outcome.STORED
-        return replace(result, outcome=outcome)
+        return replace(result, outcome=outcome, quarantined=True)
 
     def _log(self, result: IngestResult) -> None:
         if result.outcome.success:
@@ -302,13 +361,39 @@ def validate(dataset: Dataset, expected: Expected | None) -> None:
         )
 
 
-def _stored_uids(dataset: Dataset) -> dict[str, str]:
-    return {keyword: str(dataset[keyword].value).strip("\0 ") for keyword in _REQUIRED_UIDS}
+def _result(dataset: Dataset, source: Source, size: int) -> IngestResult:
+    """A result naming the instance by its stored UIDs (the outcome is filled in later)."""
+    uids = {keyword: str(dataset[keyword].value).strip("\0 ") for keyword in _REQUIRED_UIDS}
+    return IngestResult(
+        Outcome.STORED,
+        source,
+        sop_class_uid=uids["SOPClassUID"],
+        sop_instance_uid=uids["SOPInstanceUID"],
+        series_instance_uid=uids["SeriesInstanceUID"],
+        study_instance_uid=uids["StudyInstanceUID"],
+        size=size,
+    )
 
 
-def _metadata_json(dataset: Dataset, study: str, series: str, sop: str) -> str:
+def _record(
+    dataset: Dataset, result: IngestResult, method: str | None, flag: str | None
+) -> InstanceRecord:
+    """What the catalog indexes of ``dataset``, with how it was de-identified."""
+    record = extract(dataset, _metadata_json(dataset, result))
+    if method or flag:
+        record = replace(
+            record, instance=replace(record.instance, deid_method=method, deid_flag=flag)
+        )
+    return record
+
+
+def _metadata_json(dataset: Dataset, uids: IngestResult) -> str:
+    """The DICOM JSON of ``dataset``, whose stored UIDs ``uids`` names."""
+    assert uids.study_instance_uid and uids.series_instance_uid and uids.sop_instance_uid
     try:
-        return to_dicom_json(dataset, study, series, sop)
+        return to_dicom_json(
+            dataset, uids.study_instance_uid, uids.series_instance_uid, uids.sop_instance_uid
+        )
     except RecursionError:
         raise _RejectedError(
             Outcome.REJECTED_INVALID, "malformed DICOM: sequences nested too deeply"

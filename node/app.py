@@ -207,7 +207,9 @@ class StudyArrivals:
 
     def __call__(self, result: IngestResult) -> None:
         uid = result.study_instance_uid
-        if uid is None or result.outcome not in (Outcome.STORED, Outcome.REPLACED):
+        if uid is None or result.quarantined:
+            return  # a held instance is not in the index (its release is another result)
+        if result.outcome not in (Outcome.STORED, Outcome.REPLACED):
             return
         with self._lock:
             if uid in self._recent:

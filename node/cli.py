@@ -189,7 +189,7 @@ def import_(
 
     Works while the node runs. Exits with status 1 if any file was not stored.
     """
-    from ingest import Source
+    from ingest import Outcome, Source
     from ingest.files import count_inputs, list_files, read_inputs
     from node.app import build_core
 
@@ -203,21 +203,27 @@ def import_(
     core = build_core(settings)
     outcomes: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
+    notes: Counter[str] = Counter()
     rejected: list[tuple[str, str]] = []
     try:
         with progress_bar() as progress:
             task = progress.add_task("importing", total=count_inputs(files))
-            for name, data in read_inputs(files):
-                source = Source(door="folder", remote="cli")
-                result = core.ingestor.accept(data, source)
-                outcomes[result.outcome.value] += 1
-                if not result.outcome.success:
-                    reasons[result.reason] += 1
-                    rejected.append((name, result.reason))
-                progress.advance(task)
+            for candidate in read_inputs(files, settings.imports):
+                if candidate.data is None:  # refused before the pipeline (not read)
+                    outcome, reason = Outcome.REJECTED_INVALID, candidate.refused
+                else:
+                    result = core.ingestor.accept(candidate.data, Source("folder", "cli"))
+                    outcome, reason = result.outcome, result.reason
+                outcomes[outcome.value] += 1
+                if not outcome.success:
+                    reasons[reason] += 1
+                    rejected.append((candidate.name, reason))
+                elif candidate.note:
+                    notes[candidate.note] += 1
+                progress.advance(task, candidate.share)
     finally:
         core.close()
-    _print_import_summary(outcomes, reasons, rejected if list_rejected else [])
+    _print_import_summary(outcomes, reasons, notes, rejected if list_rejected else [])
     if rejected:
         raise typer.Exit(1)
 
@@ -312,7 +318,10 @@ def verify(
 
 
 def _print_import_summary(
-    outcomes: Counter[str], reasons: Counter[str], rejected: list[tuple[str, str]]
+    outcomes: Counter[str],
+    reasons: Counter[str],
+    notes: Counter[str],
+    rejected: list[tuple[str, str]],
 ) -> None:
     from rich.table import Table
 
@@ -332,6 +341,8 @@ def _print_import_summary(
         for reason, count in reasons.most_common():
             why.add_row(reason, f"{count:,}")
         out.print(why)
+    for note, count in notes.most_common():
+        out.print(f"{count:,} file(s) {note}", highlight=False, soft_wrap=True)
     for name, reason in rejected:
         out.print(f"{name}: {reason}", highlight=False, soft_wrap=True)
 

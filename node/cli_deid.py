@@ -108,7 +108,7 @@ def check(
         if all_:
             blobs = FilesystemBlobStore(settings.blob_root)
             stored = _stored(db)
-            inputs: Iterator[tuple[str, bytes | None]] = (
+            inputs: Iterator[tuple[str, bytes | str | None]] = (
                 (uid, _read_blob(blobs, key)) for uid, key in stored
             )
             total = len(stored)
@@ -117,7 +117,7 @@ def check(
                 files = list_files(paths or [])
             except FileNotFoundError as exc:
                 raise fail(str(exc)) from None
-            inputs = iter(read_inputs(files))
+            inputs = ((c.name, c.data or c.refused) for c in read_inputs(files, settings.imports))
             total = count_inputs(files)
         with progress_bar() as progress:
             task = progress.add_task("checking", total=total)
@@ -157,7 +157,9 @@ def _read_blob(blobs: FilesystemBlobStore, key: str) -> bytes | None:
         return None
 
 
-def _check_one(checker: HeaderChecker, where: str, data: bytes | None) -> list[Finding]:
+def _check_one(checker: HeaderChecker, where: str, data: bytes | str | None) -> list[Finding]:
+    """Findings of one stored blob or input file (``None``: its blob is missing; text: why
+    the input was not read)."""
     from io import BytesIO
 
     from pydicom import dcmread
@@ -166,6 +168,8 @@ def _check_one(checker: HeaderChecker, where: str, data: bytes | None) -> list[F
 
     if data is None:
         return [Finding(where, "-", "-", "blob missing")]
+    if isinstance(data, str):
+        return [Finding(where, "-", "-", data)]
     try:
         ds = dcmread(BytesIO(data), stop_before_pixels=True)
     except Exception as exc:
@@ -247,30 +251,30 @@ def _review(
     database_url: str | None,
     action: str,
 ) -> None:
-    from catalog import CatalogWriter
-    from ingest.review import ReviewError, discard, release
-    from storage import FilesystemBlobStore
+    from ingest import ReviewError
+    from ingest.review import discard
+    from node.app import build_core
 
     settings = cli_settings(config, data_dir, database_url)
-    db, vault = _open(settings)
-    catalog = CatalogWriter(db)
-    blobs = FilesystemBlobStore(settings.blob_root, fsync=settings.fsync)
+    use_archive(settings)
+    core = build_core(settings)
     failed = False
     try:
         for uid in uids:
             try:
                 if action == "release":
-                    outcome = release(catalog, blobs, uid)
-                    out.print(f"{uid}: released ({outcome.value})", highlight=False)
+                    result = core.ingestor.release(uid, actor=cli_actor())
+                    if not result.outcome.success:
+                        raise ReviewError(f"{uid}: not released: {result.reason}")
+                    out.print(f"{uid}: released ({result.outcome.value})", highlight=False)
                 else:
-                    discard(catalog, blobs, uid)
+                    discard(core.ingestor.catalog, core.blobs, uid, actor=cli_actor())
                     out.print(f"{uid}: discarded", highlight=False)
-                vault.audit(cli_actor(), f"quarantine_{action}", uid, "ok")
             except ReviewError as exc:
                 err.print(f"[red]Error:[/red] {exc}", highlight=False)
                 failed = True
     finally:
-        db.dispose()
+        core.close()
     if failed:
         raise typer.Exit(1)
 

@@ -36,7 +36,6 @@ from deid.check import HeaderChecker, OriginalIndex
 from deid.profile import load_rows
 from ingest import Outcome, Source
 from ingest.integrity import check as verify
-from ingest.review import release
 from node.app import Core, build_core
 from tests.dicom_bytes import part10, sample
 from tests.synthetic import SyntheticSpec, make_instance
@@ -508,7 +507,8 @@ def test_burned_in_quarantine_is_stored_but_invisible_until_released(settings: S
             assert held.sop_instance_uid == result.sop_instance_uid
         assert result.sop_instance_uid is not None
         assert verify(core.db, core.blobs, grace_seconds=0).problems == []  # not debris
-        release(core.ingestor.catalog, core.blobs, result.sop_instance_uid)
+        released = core.ingestor.release(result.sop_instance_uid, actor="test reviewer")
+        assert released.outcome is Outcome.STORED
         assert catalog_stats(core.db).instances == 1
         with core.db.read() as session:
             assert session.scalars(select(QuarantinedInstance)).all() == []

@@ -174,10 +174,13 @@ def test_series_and_instances_of_a_study(db: Database) -> None:
     assert values(instances, "Rows") == [16]
 
 
-def test_study_uid_under_two_patient_ids_is_one_study(db: Database) -> None:
+def test_study_uid_under_two_patient_ids_is_one_study_found_under_both(db: Database) -> None:
     result = find(db, QueryLevel.STUDY, keys={"PatientID": "MRN261709001"})
     assert values(result, "NumberOfStudyRelatedInstances") == [3, 2]
-    assert find(db, QueryLevel.STUDY, keys={"PatientID": SECOND_PATIENT_ID}).rows == []
+    second = find(db, QueryLevel.STUDY, keys={"PatientID": SECOND_PATIENT_ID})
+    assert values(second, "StudyInstanceUID") == values(result, "StudyInstanceUID")[:1]
+    assert values(second, "PatientID") == [SECOND_PATIENT_ID]
+    assert values(second, "NumberOfStudyRelatedInstances") == [3]
 
 
 def test_patient_level_counts(db: Database) -> None:
