@@ -10,10 +10,16 @@ from collections.abc import Callable
 from dataclasses import replace
 from io import BytesIO
 
-from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import (
+    _read_file_meta_info,
+    data_element_generator,
+    read_partial,
+    read_preamble,
+)
+from pydicom.tag import BaseTag
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -281,10 +287,65 @@ class Ingestor:
             )
 
 
+class _TagOrderGuard:
+    """Stops pydicom reading bytes that are not a data set.
+
+    pydicom reads whatever follows a file meta as elements: 20 MB of zeros are 2.5 million
+    empty elements and 12 s of CPU, all under the GIL, so one such upload would stall every
+    door. The tags of a data set ascend (PS3.5 7.1); past a few that do not (pydicom itself
+    re-reads the first element when it corrects the VR encoding), the stream is refused.
+    """
+
+    limit = 16
+
+    def __init__(self) -> None:
+        self.previous = -1
+        self.disorder = 0
+
+    def __call__(self, tag: BaseTag, vr: str | None, length: int) -> bool:
+        if tag <= self.previous:
+            self.disorder += 1
+            if self.disorder > self.limit:
+                raise _RejectedError(
+                    Outcome.REJECTED_INVALID, "malformed DICOM: element tags out of order"
+                )
+        self.previous = tag
+        return False  # never stop early: the whole data set is read
+
+
+def _command_flood(raw: bytes) -> bool:
+    """Whether the stream holds more command elements (group 0000) than any file does.
+
+    pydicom reads every group 0000 element after the file meta as a command set before the
+    data set, without a bound and out of :class:`_TagOrderGuard`'s reach: zeros after a
+    file meta read that way too.
+    """
+    stream = BytesIO(raw)
+    try:
+        if read_preamble(stream, force=False) is None:
+            return False
+        _read_file_meta_info(stream)  # pydicom 3.0's own reader (its public one takes a path)
+        elements = data_element_generator(stream, is_implicit_VR=True, is_little_endian=True)
+        for count, element in enumerate(elements):
+            if element.tag.group != 0:
+                return False
+            if count >= _TagOrderGuard.limit:
+                return True
+    except Exception:
+        return False  # the parse says what is wrong
+    return False
+
+
 def parse(raw: bytes) -> Dataset:
     """Decode a DICOM Part 10 stream; raise ``_Rejected`` with a reason fit for the peer."""
+    if _command_flood(raw):
+        raise _RejectedError(
+            Outcome.REJECTED_INVALID, "malformed DICOM: command elements where the data set is"
+        )
     try:
-        dataset = dcmread(BytesIO(raw))
+        dataset = read_partial(BytesIO(raw), stop_when=_TagOrderGuard())
+    except _RejectedError:
+        raise
     except InvalidDicomError:
         raise _RejectedError(
             Outcome.REJECTED_INVALID, "not a DICOM file (no DICM prefix or file meta)"

@@ -91,7 +91,24 @@ def reject_cases() -> list[tuple[str, bytes, Expected | None, Outcome, str]]:
     bad_uid = sample()
     bad_uid.StudyInstanceUID = "1.2.abc"
     raw = part10(sample())
+    meta_end = 132 + 12 + sample().file_meta.FileMetaInformationGroupLength
     return [
+        # Bytes after a file meta that pydicom would read as millions of elements (seconds
+        # of CPU under the GIL for a few MB): refused at the first few.
+        (
+            "zeros after a file meta",
+            raw[:meta_end] + bytes(2_000_000),
+            None,
+            Outcome.REJECTED_INVALID,
+            "command elements where the data set is",
+        ),
+        (
+            "one element repeated after a file meta",
+            raw[:meta_end] + b"\x08\x00\x08\x00UI\x00\x00" * 250_000,
+            None,
+            Outcome.REJECTED_INVALID,
+            "element tags out of order",
+        ),
         (
             "garbage",
             b"this is not DICOM at all" * 10,
