@@ -133,7 +133,9 @@ def test_importing_a_tree_again_gives_only_duplicates(tmp_path: Path) -> None:
     for path in Path(get_testdata_file("CT_small.dcm")).parent.glob("*.dcm"):
         shutil.copy(path, tree)
     data_dir = str(tmp_path / "data")
-    first = import_outcomes(pacsnode("import", str(tree), "--data-dir", data_dir).stdout)
+    first = import_outcomes(
+        pacsnode("import", str(tree), "--data-dir", data_dir, "--create").stdout
+    )
     assert first["stored"] > 10 and first["replaced"] > 10
     second = import_outcomes(pacsnode("import", str(tree), "--data-dir", data_dir).stdout)
     accepted = first["stored"] + first["replaced"] + first["duplicate"]

@@ -52,6 +52,7 @@ def pacsnode_import(tmp_path: Path, *paths: Path, **env: str) -> Run:
                 "--data-dir",
                 str(tmp_path / "data"),
                 "--list-rejected",
+                "--create",
             ],
             stdout=stdout,
             stderr=stderr,
