@@ -9,6 +9,8 @@ import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import hl7.containers
+import hl7.util
 import prometheus_client
 import uvicorn
 from fastapi import Depends, FastAPI
@@ -59,8 +61,10 @@ def configure_libraries() -> None:
     logging.getLogger("urllib3").setLevel(logging.ERROR)
     logging.getLogger("pydicom").setLevel(logging.CRITICAL)
     logging.getLogger("python_multipart").setLevel(logging.CRITICAL)  # may quote body bytes
-    # python-hl7 logs field values (patient data) when it meets an unknown escape sequence
-    logging.getLogger("hl7").setLevel(logging.ERROR)
+    # python-hl7 logs field values (patient data), with tracebacks, when it meets an unknown
+    # escape sequence; its loggers are named by their file paths, not "hl7".
+    for module in (hl7.containers, hl7.util):
+        logging.getLogger(module.__file__).setLevel(logging.CRITICAL)
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
@@ -223,6 +227,7 @@ class Node:
                 settings.labeling.mllp_host,
                 settings.labeling.mllp_port,
                 allowed_sources=settings.labeling.mllp_allowed_sources,
+                max_message_bytes=settings.labeling.mllp_max_message_bytes,
             )
             if settings.labeling.mllp_enabled
             else None
