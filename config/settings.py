@@ -95,6 +95,23 @@ class Settings(BaseSettings):
     )
     dimse_timeout: float = Field(60.0, gt=0, description="Seconds to wait for a DIMSE message.")
     network_timeout: float = Field(60.0, gt=0, description="Seconds of network silence allowed.")
+    acse_timeout: float = Field(
+        10.0,
+        gt=0,
+        description=(
+            "Seconds a DICOM connection may take to complete association negotiation; a "
+            "connection that has not by then (e.g. one that sent a few bytes and stopped) is "
+            "closed."
+        ),
+    )
+    max_associations: int = Field(
+        64,
+        ge=1,
+        description=(
+            "Associations served at once; one more is rejected as 'local limit exceeded'. "
+            "Connections that have not sent an A-ASSOCIATE-RQ yet do not count."
+        ),
+    )
     shutdown_grace: float = Field(
         30.0, ge=0, description="Seconds to let running associations finish on shutdown."
     )

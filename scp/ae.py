@@ -4,12 +4,17 @@ Query/Retrieve (C-FIND, C-MOVE, C-GET) in the Patient Root and Study Root models
 from __future__ import annotations
 
 import logging
+import socket
+import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.association import Association
+from pynetdicom.events import Event
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
@@ -32,8 +37,20 @@ EventHandler = (
 )
 
 
+_NO_PYNETDICOM_LIMIT = 1 << 20
+"""pynetdicom counts every connection against its association limit, also one that never
+sent an A-ASSOCIATE-RQ; the node applies ``max_associations`` itself
+(:func:`scp.handlers.handle_requested`) and sets pynetdicom's out of reach."""
+
+
 class DicomServer:
-    """The DIMSE side of a node: an AE listening on the configured port."""
+    """The DIMSE side of a node: an AE listening on the configured port.
+
+    A connection must complete association negotiation within ``acse_timeout`` seconds, or
+    it is closed. pynetdicom's own ACSE timer cannot do it: its reader blocks on the socket
+    waiting for the rest of a PDU (a peer that sent two bytes and stopped), and the thread
+    waiting for it never ends, so each such connection would hold a thread forever.
+    """
 
     def __init__(self, settings: Settings, ingestor: Ingestor) -> None:
         # Retrieves read from the catalog and the blob store the ingest pipeline writes to.
@@ -46,12 +63,21 @@ class DicomServer:
             (evt.EVT_C_FIND, find.handle_find, [db, settings]),
             (evt.EVT_C_MOVE, retrieve.handle_move, [db, blobs, settings.qr]),
             (evt.EVT_C_GET, retrieve.handle_get, [db, blobs]),
+            (evt.EVT_CONN_OPEN, self._opened),
+            (evt.EVT_ESTABLISHED, self._established),
+            (evt.EVT_REQUESTED, handlers.handle_requested, [settings.max_associations]),
             (evt.EVT_ACCEPTED, handlers.handle_accepted),
             (evt.EVT_REJECTED, handlers.handle_rejected),
             (evt.EVT_RELEASED, handlers.handle_released),
             (evt.EVT_ABORTED, handlers.handle_aborted),
         ]
         self._server: ThreadedAssociationServer | None = None
+        self._negotiating: weakref.WeakKeyDictionary[Association, float] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._reaper = threading.Thread(target=self._reap, name="dicom-acse-timeout", daemon=True)
 
     @property
     def port(self) -> int:
@@ -63,6 +89,7 @@ class DicomServer:
     def start(self) -> None:
         address = (self.settings.dicom_host, self.settings.dicom_port)
         self._server = self.ae.start_server(address, block=False, evt_handlers=self._handlers)
+        self._reaper.start()
         log.info("DICOM AE %s listening on %s:%s", self.settings.ae_title, address[0], self.port)
 
     def active_associations(self) -> int:
@@ -77,6 +104,7 @@ class DicomServer:
         server, self._server = self._server, None
         if server is None:
             return
+        self._stopping.set()
         server.shutdown()
         deadline = time.monotonic() + grace
         while server.active_associations and time.monotonic() < deadline:
@@ -85,6 +113,43 @@ class DicomServer:
             log.warning("aborting association with %s at shutdown", assoc.requestor.address)
             assoc.abort()
         log.info("DICOM AE stopped")
+
+    def _opened(self, event: Event) -> None:
+        with self._lock:
+            self._negotiating[event.assoc] = time.monotonic()
+
+    def _established(self, event: Event) -> None:
+        with self._lock:
+            self._negotiating.pop(event.assoc, None)
+
+    def _reap(self) -> None:
+        """Close connections that have not completed negotiation within ``acse_timeout``.
+
+        Shutting the socket down makes pynetdicom's blocked read return, so its threads see
+        a closed connection and end (closing the file from here could hand a reused
+        descriptor to them).
+        """
+        timeout = self.settings.acse_timeout
+        while not self._stopping.wait(min(1.0, timeout / 4)):
+            now = time.monotonic()
+            with self._lock:
+                late = [a for a, t in self._negotiating.items() if now - t > timeout]
+                for assoc in late:
+                    del self._negotiating[assoc]
+            for assoc in late:
+                transport = assoc.dul.socket
+                if transport is None or transport.socket is None or not assoc.is_alive():
+                    continue
+                try:
+                    transport.socket.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    continue  # already closed
+                log.warning(
+                    "DICOM connection from %s:%s closed: no association within %g s (acse_timeout)",
+                    assoc.requestor.address,
+                    assoc.requestor.port,
+                    timeout,
+                )
 
 
 _PREFERRED_SYNTAXES = [
@@ -115,7 +180,8 @@ def build_ae(settings: Settings) -> AE:
     ae.maximum_pdu_size = settings.max_pdu_size
     ae.dimse_timeout = settings.dimse_timeout
     ae.network_timeout = settings.network_timeout
-    ae.maximum_associations = 64
+    ae.acse_timeout = settings.acse_timeout
+    ae.maximum_associations = _NO_PYNETDICOM_LIMIT
     ae.require_called_aet = settings.require_called_aet
     ae.require_calling_aet = list(settings.allowed_calling_aets)
     ae.add_supported_context(Verification)
