@@ -28,6 +28,7 @@ from jobs import JobContext, NodeScheduler
 from labeling import MllpServer, ReportIntake, TaskSet, create_router, load_tasks
 from node.api_cohorts import cohort_router
 from node.http import create_app
+from node.http_limits import HttpLimits, guarded_protocol
 from node.metrics import NodeMetrics
 from node.reidentify_api import admin_guard, reidentify_router
 from scp.ae import DicomServer
@@ -159,6 +160,7 @@ def build_http_app(core: Core, metrics: NodeMetrics) -> FastAPI:
         db=core.db,
         blob_root=core.settings.blob_root,
         metrics=metrics,
+        min_free_bytes=core.settings.health_min_free_bytes,
         routers=[
             *create_routers(context),
             ("/api", create_router(core.report_intake)),
@@ -245,6 +247,14 @@ class Node:
                 log_config=None,
                 access_log=False,
                 lifespan="off",
+                http=guarded_protocol(
+                    HttpLimits(
+                        header_timeout=settings.http_header_timeout,
+                        body_timeout=settings.http_body_timeout,
+                        max_header_bytes=settings.http_max_header_bytes,
+                    )
+                ),
+                timeout_keep_alive=settings.http_keep_alive_timeout,
             )
         )
         self._http_thread = threading.Thread(target=self._http.run, name="http", daemon=True)

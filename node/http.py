@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from fastapi import APIRouter, FastAPI, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.params import Depends
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import ClientDisconnect
 
 from catalog import CatalogUnavailableError, Database
 from node.metrics import NodeMetrics
+
+log = logging.getLogger(__name__)
 
 
 def create_app(
@@ -21,23 +26,51 @@ def create_app(
     metrics: NodeMetrics,
     routers: Sequence[tuple[str, APIRouter]] = (),
     dependencies: Sequence[Depends] = (),
+    min_free_bytes: int = 0,
 ) -> FastAPI:
     """Build the FastAPI app; ``dependencies`` (e.g. authentication) guard every router."""
     app = FastAPI(title="pacsnode", summary="DICOM archive node")
 
     @app.get("/healthz", tags=["system"])
     def healthz(response: Response) -> dict[str, str]:
-        """``ok`` when the catalog answers and the blob store is writable, else 503."""
+        """``ok`` (200) when the catalog answers and the blob store is writable with at least
+        ``health_min_free_bytes`` free; else 503, ``unavailable`` (catalog or blob store
+        down) or ``degraded`` (the disk is nearly full: instances would be refused)."""
         checks = {"catalog": "ok", "storage": "ok"}
+        status = "ok"
         try:
             db.check()
         except CatalogUnavailableError as exc:
             checks["catalog"] = str(exc)
         if not (blob_root.is_dir() and os.access(blob_root, os.W_OK)):
             checks["storage"] = f"blob folder {blob_root} is not writable"
-        healthy = all(value == "ok" for value in checks.values())
-        response.status_code = 200 if healthy else 503
-        return {"status": "ok" if healthy else "unavailable", **checks}
+        elif min_free_bytes and (free := shutil.disk_usage(blob_root).free) < min_free_bytes:
+            checks["storage"] = (
+                f"{free} bytes free for blobs, under health_min_free_bytes ({min_free_bytes})"
+            )
+            status = "degraded"
+        if checks["catalog"] != "ok" or (checks["storage"] != "ok" and status == "ok"):
+            status = "unavailable"
+        response.status_code = 200 if status == "ok" else 503
+        return {"status": status, **checks}
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_went_away(request: Request, exc: ClientDisconnect) -> Response:
+        """One line, no traceback: a client that closes the connection before sending the
+        body it announced (Content-Length) is the client's business. The path is left out
+        (it may hold UIDs); the route names the door."""
+        route = request.scope.get("root_path", "") + getattr(
+            request.scope.get("route"), "path", "?"
+        )
+        log.warning(
+            "HTTP %s %s from %s: the client closed the connection before sending the whole "
+            "body (Content-Length %s)",
+            request.method,
+            route,
+            f"{request.client.host}:{request.client.port}" if request.client else "?",
+            request.headers.get("content-length", "none"),
+        )
+        return Response(status_code=400)
 
     @app.get("/metrics", tags=["system"])
     def prometheus_metrics() -> Response:
