@@ -46,10 +46,12 @@ sent an A-ASSOCIATE-RQ; the node applies ``max_associations`` itself
 class DicomServer:
     """The DIMSE side of a node: an AE listening on the configured port.
 
-    A connection must complete association negotiation within ``acse_timeout`` seconds, or
-    it is closed. pynetdicom's own ACSE timer cannot do it: its reader blocks on the socket
-    waiting for the rest of a PDU (a peer that sent two bytes and stopped), and the thread
-    waiting for it never ends, so each such connection would hold a thread forever.
+    A connection must complete association negotiation within ``acse_timeout`` seconds, and
+    an aborted association (e.g. after ``network_timeout``) must be gone ``acse_timeout``
+    seconds later, or the connection is closed. pynetdicom cannot do either itself: its
+    reader blocks on the socket waiting for the rest of a PDU (a peer that sent two bytes and
+    stopped), and the thread that timed out waits for that reader to stop, forever; each such
+    connection would keep two threads until the peer closes it.
     """
 
     def __init__(self, settings: Settings, ingestor: Ingestor) -> None:
@@ -70,9 +72,10 @@ class DicomServer:
             (evt.EVT_REJECTED, handlers.handle_rejected),
             (evt.EVT_RELEASED, handlers.handle_released),
             (evt.EVT_ABORTED, handlers.handle_aborted),
+            (evt.EVT_ABORTED, self._aborted),
         ]
         self._server: ThreadedAssociationServer | None = None
-        self._negotiating: weakref.WeakKeyDictionary[Association, float] = (
+        self._deadlines: weakref.WeakKeyDictionary[Association, tuple[float, str]] = (
             weakref.WeakKeyDictionary()
         )
         self._lock = threading.Lock()
@@ -104,26 +107,35 @@ class DicomServer:
         server, self._server = self._server, None
         if server is None:
             return
-        self._stopping.set()
         server.shutdown()
         deadline = time.monotonic() + grace
         while server.active_associations and time.monotonic() < deadline:
             time.sleep(0.05)
-        for assoc in server.active_associations:
+        remaining = server.active_associations
+        for assoc in remaining:  # closed by the reaper if the peer holds them open
+            self._watch(assoc, "not gone %g s after the abort at shutdown (acse_timeout)")
+        for assoc in remaining:
             log.warning("aborting association with %s at shutdown", assoc.requestor.address)
             assoc.abort()
+        self._stopping.set()
         log.info("DICOM AE stopped")
 
     def _opened(self, event: Event) -> None:
-        with self._lock:
-            self._negotiating[event.assoc] = time.monotonic()
+        self._watch(event.assoc, "no association within %g s (acse_timeout)")
 
     def _established(self, event: Event) -> None:
         with self._lock:
-            self._negotiating.pop(event.assoc, None)
+            self._deadlines.pop(event.assoc, None)
+
+    def _aborted(self, event: Event) -> None:
+        self._watch(event.assoc, "still open %g s after it was aborted (acse_timeout)")
+
+    def _watch(self, assoc: Association, why: str) -> None:
+        with self._lock:
+            self._deadlines[assoc] = (time.monotonic() + self.settings.acse_timeout, why)
 
     def _reap(self) -> None:
-        """Close connections that have not completed negotiation within ``acse_timeout``.
+        """Close the connections whose deadline passed.
 
         Shutting the socket down makes pynetdicom's blocked read return, so its threads see
         a closed connection and end (closing the file from here could hand a reused
@@ -133,10 +145,10 @@ class DicomServer:
         while not self._stopping.wait(min(1.0, timeout / 4)):
             now = time.monotonic()
             with self._lock:
-                late = [a for a, t in self._negotiating.items() if now - t > timeout]
-                for assoc in late:
-                    del self._negotiating[assoc]
-            for assoc in late:
+                late = [(a, why) for a, (t, why) in self._deadlines.items() if now > t]
+                for assoc, _ in late:
+                    del self._deadlines[assoc]
+            for assoc, why in late:
                 transport = assoc.dul.socket
                 if transport is None or transport.socket is None or not assoc.is_alive():
                     continue
@@ -145,7 +157,7 @@ class DicomServer:
                 except OSError:
                     continue  # already closed
                 log.warning(
-                    "DICOM connection from %s:%s closed: no association within %g s (acse_timeout)",
+                    "DICOM connection from %s:%s closed: " + why,
                     assoc.requestor.address,
                     assoc.requestor.port,
                     timeout,

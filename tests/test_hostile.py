@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 from pynetdicom import AE
+from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from tests.liveness import stays_responsive
@@ -27,6 +28,7 @@ from tests.peers import HOST, NodeProcess, dcmtk, free_port, pacsnode_process
 pytestmark = pytest.mark.slow
 
 ACSE_TIMEOUT = 3
+NETWORK_TIMEOUT = 3
 HEADER_TIMEOUT = 2
 BODY_TIMEOUT = 2
 START, END = b"\x0b", b"\x1c\r"
@@ -40,6 +42,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProcess
     env = {
         "PACSNODE_LABELING__MLLP_PORT": str(mllp_port),
         "PACSNODE_ACSE_TIMEOUT": str(ACSE_TIMEOUT),
+        "PACSNODE_NETWORK_TIMEOUT": str(NETWORK_TIMEOUT),
         "PACSNODE_HTTP_HEADER_TIMEOUT": str(HEADER_TIMEOUT),
         "PACSNODE_HTTP_BODY_TIMEOUT": str(BODY_TIMEOUT),
     }
@@ -247,10 +250,52 @@ def test_70_connections_that_send_two_bytes_neither_lock_modalities_out_nor_stay
         # ... and the node closes all 70 once acse_timeout has passed
         deadline = time.monotonic() + ACSE_TIMEOUT + 10
         for sock in stalled:
-            sock.settimeout(max(deadline - time.monotonic(), 0.1))
-            with suppress(ConnectionResetError):
-                assert sock.recv(1024) == b""
+            assert closed_by_the_node(sock, max(deadline - time.monotonic(), 0.1))
     log.wait_for(rf"no association within {ACSE_TIMEOUT} s \(acse_timeout\)", count=70)
+
+
+def closed_by_the_node(sock: socket.socket, timeout: float) -> bool:
+    """Whether the node closes ``sock`` within ``timeout`` seconds (what it sends first, an
+    A-ABORT for instance, is read and dropped)."""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            sock.settimeout(max(deadline - time.monotonic(), 0.1))
+            if not sock.recv(65536):
+                return True
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+    return False
+
+
+def test_an_association_that_stops_in_the_middle_of_a_pdu_is_closed(
+    node: tuple[NodeProcess, int],
+) -> None:
+    """pynetdicom aborts it after network_timeout but cannot close it: its reader waits for
+    the rest of the PDU, and two threads stay until the peer hangs up."""
+    running, _ = node
+    log = LogTail(running.log_path)
+    ae = AE(ae_title="STALLING")
+    ae.add_requested_context(Verification)
+    held: list[tuple[Association, socket.socket]] = []
+    try:
+        with stays_responsive(running):
+            for _ in range(3):
+                assoc = ae.associate(HOST, running.dicom_port, ae_title=running.ae_title)
+                assert assoc.is_established and assoc.dul.socket and assoc.dul.socket.socket
+                sock = assoc.dul.socket.socket
+                assoc.dul.kill_dul()  # this side stops reading: only the raw socket is left
+                time.sleep(0.1)
+                sock.sendall(b"\x04\x00")  # the start of a P-DATA-TF, and nothing more
+                held.append((assoc, sock))
+            for _, sock in held:
+                assert closed_by_the_node(sock, NETWORK_TIMEOUT + ACSE_TIMEOUT + 10)
+    finally:
+        for assoc, _ in held:
+            assoc.kill()
+    log.wait_for(rf"still open {ACSE_TIMEOUT} s after it was aborted", count=3)
 
 
 @pytest.fixture(scope="module")
