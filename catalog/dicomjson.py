@@ -141,8 +141,11 @@ _TEXT_SPLIT: Final[dict[str, Callable[[str], list[str]]]] = {
     "UT": lambda text: [text.rstrip("\0 ")],
 }
 _NUMBER_STRINGS: Final[dict[str, tuple[re.Pattern[str], Callable[[str], float | int]]]] = {
-    "IS": (re.compile(r" *[+-]?[0-9]+ *"), int),
-    "DS": (re.compile(r" *[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)? *"), float),
+    "IS": (re.compile(r"(?<! ) *+[+-]?[0-9]++ *+"), int),
+    "DS": (
+        re.compile(r"(?<! ) *+[+-]?([0-9]++\.?+[0-9]*+|\.[0-9]++)([eE][+-]?[0-9]++)? *+"),
+        float,
+    ),
 }
 
 

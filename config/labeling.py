@@ -70,6 +70,22 @@ class LabelingSettings(BaseModel):
     mllp_port: int = Field(
         default=2575, ge=0, le=65535, description="MLLP port (0: any free port)."
     )
+    mllp_max_message_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1024,
+        description=(
+            "Largest HL7 message accepted over MLLP, in bytes; a larger one is read to its end "
+            "without being kept and answered with one AR."
+        ),
+    )
+    max_report_chars: int = Field(
+        default=500_000,
+        ge=1,
+        description=(
+            "Longest report text (findings and impression together) accepted through any "
+            "door, in characters; a longer report is refused (AE over HL7, 422 over REST)."
+        ),
+    )
     mllp_allowed_sources: list[IPvAnyNetwork] = Field(
         default_factory=list,
         description=(

@@ -96,12 +96,59 @@ class Settings(BaseSettings):
     )
     dimse_timeout: float = Field(60.0, gt=0, description="Seconds to wait for a DIMSE message.")
     network_timeout: float = Field(60.0, gt=0, description="Seconds of network silence allowed.")
+    acse_timeout: float = Field(
+        10.0,
+        gt=0,
+        description=(
+            "Seconds a DICOM connection may take to complete association negotiation; a "
+            "connection that has not by then (e.g. one that sent a few bytes and stopped) is "
+            "closed."
+        ),
+    )
+    max_associations: int = Field(
+        64,
+        ge=1,
+        description=(
+            "Associations served at once; one more is rejected as 'local limit exceeded'. "
+            "Connections that have not sent an A-ASSOCIATE-RQ yet do not count."
+        ),
+    )
     shutdown_grace: float = Field(
         30.0, ge=0, description="Seconds to let running associations finish on shutdown."
     )
 
     http_host: str = Field("127.0.0.1", description="Address of the HTTP server.")
     http_port: int = Field(8042, ge=0, le=65535, description="HTTP port (DICOMweb, API, /metrics).")
+    http_keep_alive_timeout: int = Field(
+        5, ge=1, description="Seconds an idle keep-alive HTTP connection is kept open."
+    )
+    http_header_timeout: float = Field(
+        10.0,
+        gt=0,
+        description=(
+            "Seconds a client has to send a request's line and headers, from the connection "
+            "or its first byte; slower clients (and connections that send nothing) are closed."
+        ),
+    )
+    http_body_timeout: float = Field(
+        30.0,
+        gt=0,
+        description=(
+            "A request body that brings less than 1 KiB in this many seconds (while the node "
+            "is reading) is dropped and its connection closed."
+        ),
+    )
+    http_max_header_bytes: int = Field(
+        65536, ge=1024, description="Largest request line and headers, in bytes (431 above)."
+    )
+    health_min_free_bytes: int = Field(
+        268_435_456,
+        ge=0,
+        description=(
+            "Free space the blob store's filesystem needs for /healthz to say ok; below it "
+            "/healthz answers 503 degraded (0: no check)."
+        ),
+    )
     allow_remote_http: bool = Field(
         False,
         description=(

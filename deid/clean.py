@@ -7,15 +7,16 @@ names and IDs in them are not) and for free text inside sequences the profile ke
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
-from typing import Final
+from collections.abc import Callable, Iterable, Mapping
+from typing import Final, NamedTuple
 
 # Generic patterns that identify whoever the instance is about, whatever the attribute:
-# a token with at least five digits (MRNs, accession numbers, phone numbers, serials),
-# dates written with separators, telephone numbers, e-mail addresses.
+# e-mail addresses (local part: word characters and ``.+-``; see replace_emails), a token
+# with at least five digits (MRNs, accession numbers, phone numbers, serials), dates written
+# with separators, telephone numbers.
+_EMAIL_DOMAIN: Final = re.compile(r"(?<![\w-])[\w-]+\.[\w.-]+")
 _PATTERNS: Final = re.compile(
-    r"[\w.+-]+@[\w-]+\.[\w.-]+"
-    r"|\b\d{1,4}[./-]\d{1,2}[./-]\d{1,4}\b"
+    r"\b\d{1,4}[./-]\d{1,2}[./-]\d{1,4}\b"
     r"|\+\d[\d ()-]{6,}\d|\b\d{3}[-.]\d{3,4}[-.]\d{4}\b|\(\d{2,4}\) ?\d{3,4}[- ]\d{3,4}"
     r"|\b\w*\d{5,}\w*\b",
     re.UNICODE,
@@ -24,6 +25,81 @@ _EMPTY_BRACKETS: Final = re.compile(r"\(\s*\)|\[\s*\]|\{\s*\}")
 _SPACES: Final = re.compile(r"\s{2,}")
 _WORD: Final = re.compile(r"\w", re.UNICODE)
 MIN_ASCII_TOKEN: Final = 3
+MAX_TOKEN: Final = 64
+"""Identifiers are matched in pieces of at most this many characters (the DICOM limit of an
+LO value or a PN component group): matching then costs at most this much per character of
+text, whatever the number and length of the identifiers."""
+
+_Trie = dict[str, "_Trie"]
+
+
+def trie_pattern(phrases: Iterable[str], end: Mapping[str, str] | None = None) -> str:
+    """A regular expression matching any of ``phrases``, longest first, without backtracking
+    over a long alternation (one branch per distinct next character): at each position of a
+    text it costs at most the length of the longest phrase, however many there are.
+
+    ``end`` may give a phrase a zero-width condition (a look-around) the text must meet where
+    the phrase ends; where it fails, shorter phrases are tried.
+    """
+    trie: _Trie = {}
+    for phrase in phrases:
+        node = trie
+        for char in phrase:
+            node = node.setdefault(char, {})
+        node[""] = {}
+
+    def build(node: _Trie, prefix: str) -> str:
+        branches = [
+            re.escape(char) + build(node[char], prefix + char) for char in sorted(node) if char
+        ]
+        if "" not in node:
+            if len(branches) == 1:
+                return branches[0]
+            return "(?:" + "|".join(branches) + ")" if branches else ""
+        condition = (end or {}).get(prefix, "")
+        if not branches:
+            return condition
+        if not condition:
+            return "(?:" + "|".join(branches) + ")?"
+        return "(?:" + "|".join([*branches, condition]) + ")"
+
+    return build(trie, "")
+
+
+def replace_emails(
+    text: str, replacement: str, *, local: Callable[[str], bool], domain: re.Pattern[str]
+) -> str:
+    """``text`` with every e-mail address replaced: what ``re.sub`` of
+    ``L+@D`` would do (``L`` the characters ``local`` accepts, ``D`` the pattern ``domain``),
+    in linear time.
+
+    Searched as one pattern, ``L+@D`` is quadratic: from every start inside a long run of
+    ``L`` characters it scans to the run's end. Here each ``@`` is the anchor: the local
+    part is the run before it (never reaching into the previous replacement), ``domain`` is
+    matched right after it. The runs before two ``@`` do not overlap, nor do their domains.
+    """
+    pieces: list[str] = []
+    done = 0
+    at = text.find("@")
+    while at != -1:
+        start = at
+        while start > done and local(text[start - 1]):
+            start -= 1
+        found = domain.match(text, at + 1) if start < at else None
+        if found is None:
+            at = text.find("@", at + 1)
+            continue
+        pieces += (text[done:start], replacement)
+        done = found.end()
+        at = text.find("@", done)
+    if not pieces:
+        return text
+    pieces.append(text[done:])
+    return "".join(pieces)
+
+
+def _email_local(char: str) -> bool:
+    return char.isalnum() or char in "_.+-"
 
 
 def identifier_tokens(value: str, *, person_name: bool = False) -> set[str]:
@@ -46,24 +122,80 @@ def identifier_tokens(value: str, *, person_name: bool = False) -> set[str]:
     return tokens
 
 
+class Identifier(NamedTuple):
+    """A value to find in text, and whether it must stand alone on each side."""
+
+    text: str
+    alone_before: bool = False
+    alone_after: bool = False
+
+
+def fold(text: str) -> str:
+    """``text`` in lower case where that keeps its length: how :func:`identifier_pattern`
+    keys what it matches (it ignores case)."""
+    return "".join(c if len(low := c.lower()) != 1 else low for c in text)
+
+
+def identifier_pattern(
+    identifiers: Iterable[Identifier], boundary: str
+) -> tuple[re.Pattern[str] | None, dict[str, str]]:
+    """One case-insensitive pattern matching any of ``identifiers``, longest first, and the
+    identifier (folded) each folded piece it can match belongs to.
+
+    The pattern is a trie, so it costs the same per character of text with three identifiers
+    or three thousand. "Alone" means the character before (after) is not in the class
+    ``boundary`` ("DOE" is not in "DOES"): a trie cannot start with a look-behind, so the
+    character before is checked where the identifier ends. An identifier longer than
+    ``MAX_TOKEN`` (invalid DICOM) is matched as consecutive pieces, each wherever it stands.
+    """
+    conditions: dict[str, str] = {}
+    owners: dict[str, str] = {}
+    loose: set[str] = set()
+    for identifier in identifiers:
+        text = fold(identifier.text)
+        if not text:
+            continue
+        if len(text) > MAX_TOKEN:
+            for start in range(0, len(text), MAX_TOKEN):
+                loose.add(piece := text[start : start + MAX_TOKEN])
+                owners.setdefault(piece, text)
+            continue
+        owners.setdefault(text, text)
+        condition = (
+            rf"(?<!{boundary}[\s\S]{{{len(text)}}})" if identifier.alone_before else ""
+        ) + (rf"(?!{boundary})" if identifier.alone_after else "")
+        if condition and text not in loose:
+            conditions.setdefault(text, condition)
+        else:
+            loose.add(text)
+    for text in loose:
+        conditions.pop(text, None)  # the weaker condition wins
+    texts = loose | conditions.keys()
+    if not texts:
+        return None, owners
+    return re.compile(trie_pattern(texts, conditions), re.IGNORECASE), owners
+
+
+def _word_like(token: str) -> Identifier:
+    alone = token.isascii() and bool(_WORD.match(token[0])) and bool(_WORD.match(token[-1]))
+    return Identifier(token, alone, alone)
+
+
 class TextCleaner:
-    """Removes a fixed set of identifier strings (case-insensitive) and ID-like patterns."""
+    """Removes a fixed set of identifier strings (case-insensitive) and ID-like patterns.
+
+    A word-like ASCII identifier must stand alone ("DOE" is not in "DOES"); ideographic
+    names have no word boundaries to rely on.
+    """
 
     def __init__(self, identifiers: Iterable[str]) -> None:
-        parts = []
-        for token in sorted({t for t in identifiers if t}, key=len, reverse=True):
-            escaped = re.escape(token)
-            # Word-like ASCII tokens must stand alone ("DOE" is not in "DOES"); ideographic
-            # names have no word boundaries to rely on.
-            if token.isascii() and _WORD.match(token[0]) and _WORD.match(token[-1]):
-                escaped = rf"(?<!\w){escaped}(?!\w)"
-            parts.append(escaped)
-        self._identifiers = re.compile("|".join(parts), re.IGNORECASE) if parts else None
+        self._identifiers, _ = identifier_pattern(map(_word_like, filter(None, identifiers)), r"\w")
 
     def clean(self, text: str) -> str:
         """``text`` without identifiers; whitespace and emptied brackets tidied."""
         if self._identifiers is not None:
             text = self._identifiers.sub("", text)
+        text = replace_emails(text, "", local=_email_local, domain=_EMAIL_DOMAIN)
         text = _PATTERNS.sub("", text)
         text = _EMPTY_BRACKETS.sub("", text)
         text = _SPACES.sub(" ", text)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import bisect
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from labeling.tasks import TaskDefinition, TaskSet, normalise
@@ -31,8 +31,8 @@ from labeling.vocabulary import CUES, Corrected, Meaning, Role, Vocabulary, corr
 _SENTENCE_BREAK = re.compile(r"[。;!\n.]")
 _COMMA = re.compile(",")
 _SIZE = re.compile(
-    r"(\d+(?:\.\d+)?)(?:\s*[x×*]\s*(\d+(?:\.\d+)?))?(?:\s*[x×*]\s*(\d+(?:\.\d+)?))?"
-    r"\s*(mm|cm|毫米|厘米)(?![a-z])"
+    r"(?<!\d)(\d++(?:\.\d++)?)(?:\s*+[x×*]\s*+(\d++(?:\.\d++)?))?(?:\s*+[x×*]\s*+(\d++(?:\.\d++)?))?"
+    r"\s*+(mm|cm|毫米|厘米)(?![a-z])"
 )
 
 _PRIORITY = {1: 3, 2: 2, 0: 1, -1: 0}
@@ -50,7 +50,7 @@ OUTSIDE_CONCLUSION = 0.9
 POST_CUE_REACH = 30
 """Characters before a "post" cue it can act on ("hepatocellular carcinoma, ..., margins
 negative" must not negate the carcinoma)."""
-_CONJUNCTION = re.compile(r"\s*(?:and|or|,|、|和|及|与|/)\s*")
+_CONJUNCTION = re.compile(r"(?<!\s)\s*+(?:and|or|,|、|和|及|与|/)\s*+")
 _SPECIMEN = re.compile(r"\([^()]{1,40}\)")
 CONFLICT = 0.8
 
@@ -148,6 +148,80 @@ class _Report:
     position: dict[int, int] = field(default_factory=dict)
     statuses: dict[int, _Status] = field(default_factory=dict)
     topics: set[str] = field(default_factory=set)
+    clause_indexes: dict[int, _ClauseIndex] = field(default_factory=dict)
+    owners: dict[tuple[int, str], _Item | None] = field(default_factory=dict)
+    _named_before: dict[int, _Item] | None = None
+
+    def named_before(self, clause: int) -> _Item | None:
+        """The last item before ``clause`` that names an organ (concepts count); built on
+        first use, once the items' meanings are final."""
+        if self._named_before is None:
+            self._named_before = {}
+            last: _Item | None = None
+            clause_now = None
+            for item in self.items:
+                if item.clause != clause_now and last is not None:
+                    self._named_before[item.clause] = last
+                clause_now = item.clause
+                if _site_of(item, concepts=True) is not None:
+                    last = item
+        return self._named_before.get(clause)
+
+    def clause(self, number: int) -> _ClauseIndex:
+        index = self.clause_indexes.get(number)
+        if index is None:
+            index = self.clause_indexes[number] = _ClauseIndex(self.by_clause.get(number, []))
+        return index
+
+
+class _Sorted:
+    """Items in text order with their starts and ends, for bisection."""
+
+    def __init__(self, items: Iterable[_Item]) -> None:
+        self.items = list(items)
+        self.starts = [item.start for item in self.items]
+        self.ends = [item.end for item in self.items]
+
+    def last_ending_by(self, position: int) -> _Item | None:
+        """The last item that ends at or before ``position``."""
+        index = bisect.bisect_right(self.ends, position) - 1
+        return self.items[index] if index >= 0 else None
+
+    def first_starting_from(self, position: int) -> _Item | None:
+        """The first item that starts at or after ``position``."""
+        index = bisect.bisect_left(self.starts, position)
+        return self.items[index] if index < len(self.items) else None
+
+    def any_starting_in(self, low: int, high: int) -> bool:
+        return bisect.bisect_left(self.starts, low) < bisect.bisect_left(self.starts, high)
+
+
+class _ClauseIndex:
+    """What the status and attachment rules look up in one clause, built once, so that a
+    clause of thousands of phrases costs a bisection per phrase, not a scan."""
+
+    def __init__(self, items: list[_Item]) -> None:
+        cues = [i for i in items if i.roles & CUES and Role.PSEUDO not in i.roles]
+        self.cues = {role: _Sorted(i for i in cues if role in i.roles) for role in CUES}
+        self.other_sites = _Sorted(i for i in items if Role.OTHER_SITE in i.roles)
+        self.has_site = any(_site_of(i) is not None for i in items)
+        self.naming = sum(1 for i in items if _site_of(i, concepts=True))
+        """How many items name an organ of a task (concepts count)."""
+        self._named: dict[str, _Sorted] = {}
+        self._items = items
+
+    def named(self, task: str) -> _Sorted:
+        """The items naming ``task``'s organ (concepts count), among the clause's sites when
+        it has any, else among all its items."""
+        found = self._named.get(task)
+        if found is None:
+            found = self._named[task] = _Sorted(
+                i
+                for i in self._items
+                if _site_of(i, concepts=True) == task
+                and (_site_of(i) is not None or not self.has_site)
+            )
+        return found
 
 
 class Extractor:
@@ -251,41 +325,33 @@ class Extractor:
 
     @staticmethod
     def _status(report: _Report, target: _Item) -> _Status:
+        """Negation and uncertainty: the nearest cue of each kind in the clause ("pre" cues
+        before the target, "post" cues after it within reach; the one before wins a tie);
+        history: the first history cue that applies."""
         known = report.statuses.get(id(target))
         if known is not None:
             return known
         status = _Status()
         report.statuses[id(target)] = status
-        nearest: dict[bool, int] = {}
-        for item in report.by_clause.get(target.clause, ()):
-            if item is target:
-                continue
-            roles = item.roles
-            if not roles & CUES or Role.PSEUDO in roles:
-                continue
-            before = item.end <= target.start
-            after = item.start >= target.end
-            if not (before or after):
-                continue
-            distance = target.start - item.end if before else item.start - target.end
-            if after and distance > POST_CUE_REACH:
-                continue
-            for role in roles:
-                applies = (before and role.name.endswith("_PRE")) or (
-                    after and role.name.endswith("_POST")
-                )
-                if not applies:
-                    continue
-                if role in (Role.HISTORY_PRE, Role.HISTORY_POST):
-                    status.history = status.history or item.text
-                else:
-                    negation = role in (Role.NEGATION_PRE, Role.NEGATION_POST)
-                    if distance < nearest.get(negation, 1 << 30):
-                        nearest[negation] = distance
-                        if negation:
-                            status.negated = item.text
-                        else:
-                            status.uncertain = item.text
+        cues = report.clause(target.clause).cues
+        for kind, pre, post in (
+            ("negated", Role.NEGATION_PRE, Role.NEGATION_POST),
+            ("uncertain", Role.UNCERTAINTY_PRE, Role.UNCERTAINTY_POST),
+        ):
+            found = cues[pre].last_ending_by(target.start)
+            after = cues[post].first_starting_from(target.end)
+            reach = after.start - target.end if after is not None else POST_CUE_REACH + 1
+            if reach <= POST_CUE_REACH and (found is None or reach < target.start - found.end):
+                found = after
+            if found is not None:
+                setattr(status, kind, found.text)
+        history = cues[Role.HISTORY_PRE].items[:1]
+        if history and history[0].end <= target.start:
+            status.history = history[0].text
+        else:
+            after = cues[Role.HISTORY_POST].first_starting_from(target.end)
+            if after is not None and after.start - target.end <= POST_CUE_REACH:
+                status.history = after.text
         if status.negated:  # "no suspicious mass", "possible mass ... resolved"
             status.uncertain = None
         return status
@@ -298,12 +364,12 @@ class Extractor:
         history_mentions = 0
         known_cancer = False
         conclusion = [k == "conclusion" for k in report.section_kinds]
-        excluded = [
+        excluded = _Sorted(
             item
             for item in report.items
             if Role.EXCLUDE in item.roles
             and any(m.role is Role.EXCLUDE and m.task == name for m in item.meanings)
-        ]
+        )
 
         for item in report.items:
             if report.section_kinds[item.section] == "history":
@@ -391,7 +457,7 @@ class Extractor:
         return any(m.task == task and m.role in (Role.SITE, Role.CONCEPT) for m in item.meanings)
 
     def _concept(
-        self, report: _Report, item: _Item, task: str, excluded: Sequence[_Item]
+        self, report: _Report, item: _Item, task: str, excluded: _Sorted
     ) -> tuple[int, float, str] | None:
         """The class ``item`` gives ``task``, its confidence and how it was attached."""
         specific = [m for m in item.meanings if m.role is Role.CONCEPT and m.task == task]
@@ -427,7 +493,8 @@ class Extractor:
             return None
         index = report.position[id(item)]
         end = item.start
-        for previous in reversed(report.items[:index]):
+        for number in range(index - 1, -1, -1):
+            previous = report.items[number]
             if previous.clause != item.clause or not _CONJUNCTION.fullmatch(
                 report.corrected.text[previous.end : end]
             ):
@@ -441,51 +508,63 @@ class Extractor:
 
     def _attach(self, report: _Report, item: _Item, task: str) -> tuple[float, str] | None:
         """Whether a generic concept is about ``task``'s organ, and how sure that is."""
-        same_clause = report.by_clause.get(item.clause, [])
-        sites = [i for i in same_clause if _site_of(i) is not None]
-        if not sites:
-            # "liver lesion, suspicious for metastasis": an organ-specific phrase names the
-            # organ when no organ word stands alone in the clause
-            sites = [i for i in same_clause if i is not item and _site_of(i, concepts=True)]
-        if sites:
-            for site in sites:
-                if _site_of(site, concepts=True) != task:
-                    continue
-                low, high = sorted(
-                    (site.end, item.start) if site.end <= item.start else (item.end, site.start)
-                )
-                between = [
-                    i
-                    for i in same_clause
-                    if low <= i.start < high and any(m.role is Role.OTHER_SITE for m in i.meanings)
-                ]
-                if not between:
-                    return CONFIDENCE_SAME_CLAUSE, f"with '{site.text}' in its clause"
-            return None
+        clause = report.clause(item.clause)
+        # "liver lesion, suspicious for metastasis": an organ-specific phrase names the
+        # organ when no organ word stands alone in the clause
+        if clause.has_site or clause.naming - (1 if _site_of(item, concepts=True) else 0):
+            site = self._site_in_clause(clause, item, task)
+            if site is None:
+                return None
+            return CONFIDENCE_SAME_CLAUSE, f"with '{site.text}' in its clause"
         # no organ in the clause: the nearest earlier clause naming one, in the sentence,
         # then in the section
-        nearest_clause = None
-        for previous in reversed(report.items[: report.position[id(item)]]):
-            if previous.section != item.section:
-                break
-            if previous.clause != item.clause and _site_of(previous, concepts=True) is not None:
-                nearest_clause = previous.clause
-                break
-        if nearest_clause is not None:
-            owners = [
-                i
-                for i in report.by_clause[nearest_clause]
-                if _site_of(i, concepts=True) is not None
-            ]
-            if any(task in _sites_of(i) for i in owners):
-                site = next(i for i in owners if task in _sites_of(i))
-                if site.sentence == item.sentence:
-                    return CONFIDENCE_SAME_SENTENCE, f"with '{site.text}' earlier in the sentence"
-                return CONFIDENCE_SAME_SECTION, f"with '{site.text}' earlier in the section"
-            return None
+        previous = report.named_before(item.clause)
+        if previous is not None and previous.section == item.section:
+            owner = self._owner(report, previous.clause, task)
+            if owner is None:
+                return None
+            if owner.sentence == item.sentence:
+                return CONFIDENCE_SAME_SENTENCE, f"with '{owner.text}' earlier in the sentence"
+            return CONFIDENCE_SAME_SECTION, f"with '{owner.text}' earlier in the section"
         if report.topics == {task}:
             return CONFIDENCE_REPORT_TOPIC, "as the report's only organ"
         return None
+
+    @staticmethod
+    def _site_in_clause(clause: _ClauseIndex, item: _Item, task: str) -> _Item | None:
+        """The first (in text order) phrase of the clause naming ``task``'s organ with no
+        other organ between it and ``item``."""
+        named, others = clause.named(task), clause.other_sites
+        # before the item: those ending after the last other organ that starts before it
+        blocked = bisect.bisect_left(others.starts, item.start) - 1
+        first = bisect.bisect_right(named.ends, others.starts[blocked] if blocked >= 0 else -1)
+        if first < len(named.items) and named.items[first].end <= item.start:
+            return named.items[first]
+        # then the item itself (when it names the organ), then the first one after it: any
+        # later one has all that is between these and more
+        for number in range(bisect.bisect_right(named.ends, item.start), len(named.items)):
+            site = named.items[number]
+            if site is item:
+                if clause.has_site and not others.any_starting_in(item.start, item.end):
+                    return site
+                continue
+            return None if others.any_starting_in(item.end, site.start) else site
+        return None
+
+    @staticmethod
+    def _owner(report: _Report, clause: int, task: str) -> _Item | None:
+        """The first item of ``clause`` that names ``task``'s organ among those naming one."""
+        key = (clause, task)
+        if key not in report.owners:
+            report.owners[key] = next(
+                (
+                    i
+                    for i in report.by_clause[clause]
+                    if _site_of(i, concepts=True) is not None and task in _sites_of(i)
+                ),
+                None,
+            )
+        return report.owners[key]
 
     def _decide(
         self,
@@ -569,9 +648,13 @@ def _cjk_comma(text: str, position: int) -> bool:
 
 def _drop_specimen_concepts(report: _Report) -> None:
     """In pathology, "(右乳肿物)" names the specimen, not a finding: keep only its sites."""
+    starts = [item.start for item in report.items]
     for match in _SPECIMEN.finditer(report.corrected.text):
-        for item in report.items:
-            if match.start() <= item.start and item.end <= match.end():
+        for number in range(bisect.bisect_left(starts, match.start()), len(starts)):
+            item = report.items[number]
+            if item.start >= match.end():
+                break
+            if item.end <= match.end():
                 item.meanings = [m for m in item.meanings if m.role is not Role.CONCEPT]
                 item.refresh()
 
@@ -618,10 +701,11 @@ def _sites_of(item: _Item) -> set[str]:
     }
 
 
-def _inside(item: _Item, excluded: Sequence[_Item]) -> bool:
-    return any(
-        e.start <= item.start and item.end <= e.end and e is not item for e in excluded
-    ) or any(e is item for e in excluded)
+def _inside(item: _Item, excluded: _Sorted) -> bool:
+    """Whether ``item`` is, or lies inside, an excluded phrase (phrases do not overlap:
+    only the last one starting at or before it can hold it)."""
+    index = bisect.bisect_right(excluded.starts, item.start) - 1
+    return index >= 0 and item.end <= excluded.ends[index]
 
 
 def _size(report: _Report, evidence: list[_Evidence]) -> float | None:

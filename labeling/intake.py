@@ -237,6 +237,11 @@ class ReportIntake:
             raise ReportRejectedError("the report has no patient ID")
         if not (incoming.findings.strip() or incoming.impression.strip()):
             raise ReportRejectedError("the report has no text (empty report)")
+        limit = self.settings.max_report_chars
+        if len(incoming.findings) + len(incoming.impression) > limit:
+            raise ReportRejectedError(
+                f"the report text is longer than {limit} characters (labeling.max_report_chars)"
+            )
         issuer = self.settings.issuer_of_patient_id
         accession = accession_key(incoming.accession_number)
         offset = self.pseudonyms.date_offset_days(patient_id, issuer)

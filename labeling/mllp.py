@@ -3,9 +3,11 @@ MLLP streams, in a thread of their own).
 
 Each message is answered AA once its report is stored (or was already), AR when it cannot be
 read or is not an ORU^R01, AE when a required field or the text is missing or the catalog
-failed; MSA-3 and ERR-8 say why. A bad message never closes the listener, nor (unless the
-framing itself is broken beyond repair) the connection. Logs name the peer and the message
-control ID, never a value from the message.
+failed; MSA-3 and ERR-8 say why, in words (never a value from the message, nor the name of
+an exception). A bad message never closes the listener, nor (unless the framing itself is
+broken beyond repair) the connection. Every message gets exactly one answer: one larger than
+``labeling.mllp_max_message_bytes`` is read to its end without being kept, then refused
+once. Logs name the peer and the message control ID, never a value from the message.
 """
 
 from __future__ import annotations
@@ -18,14 +20,23 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address
 
-from hl7.mllp import HL7StreamReader, HL7StreamWriter, InvalidBlockError, start_hl7_server
+from hl7.mllp import HL7StreamReader, HL7StreamWriter, start_hl7_server
 
 from labeling.intake import ReportIntake, ReportRejectedError, ReportStoreError
 from labeling.oru import Header, MessageError, ack, decode, parse_oru, read_header
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+START_BLOCK = b"\x0b"
+END_BLOCK = b"\x1c\r"
+
+
+class _TooLargeError(Exception):
+    """A message longer than the limit; it was read to its end and dropped."""
+
+
+class _NotABlockError(Exception):
+    """Data ended by <FS><CR> that did not start with <VT>."""
 
 
 class MllpServer:
@@ -41,12 +52,14 @@ class MllpServer:
         port: int,
         *,
         allowed_sources: Sequence[IPv4Network | IPv6Network] = (),
+        max_message_bytes: int = 4 * 1024 * 1024,
         workers: int = 4,
     ) -> None:
         self.intake = intake
         self.host = host
         self.requested_port = port
         self.allowed_sources = tuple(allowed_sources)
+        self.max_message_bytes = max_message_bytes
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="mllp")
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
@@ -62,7 +75,9 @@ class MllpServer:
         """Bind and start serving; raises ``OSError`` if the port cannot be bound."""
         self._thread.start()
         future = asyncio.run_coroutine_threadsafe(
-            start_hl7_server(self._client, self.host, self.requested_port, limit=MAX_MESSAGE_BYTES),
+            start_hl7_server(
+                self._client, self.host, self.requested_port, limit=self.max_message_bytes
+            ),
             self._loop,
         )
         self._server = future.result(timeout=30)
@@ -96,21 +111,26 @@ class MllpServer:
         try:
             while True:
                 try:
-                    block = await reader.readblock()
+                    block = await self._read_block(reader)
                 except asyncio.IncompleteReadError:
                     return  # the peer closed the connection
-                except InvalidBlockError:
+                except _NotABlockError:
                     log.warning("MLLP from %s: data outside a <VT>...<FS><CR> block", peer)
                     answer = ack(Header(), "AR", "not an MLLP block (missing <VT> start)", "100")
                     writer.writeblock(answer.encode("utf-8"))
                     await writer.drain()
                     continue
-                except ValueError:
+                except _TooLargeError:
                     log.warning(
-                        "MLLP from %s: message larger than %d bytes", peer, MAX_MESSAGE_BYTES
+                        "MLLP from %s: message larger than %d bytes refused",
+                        peer,
+                        self.max_message_bytes,
                     )
-                    answer = ack(Header(), "AR", "message too large", "100")
-                    writer.writeblock(answer.encode("utf-8"))
+                    reason = (
+                        f"message larger than {self.max_message_bytes} bytes "
+                        "(labeling.mllp_max_message_bytes); it was not read"
+                    )
+                    writer.writeblock(ack(Header(), "AR", reason, "100").encode("utf-8"))
                     await writer.drain()
                     continue
                 header = read_header(block)
@@ -121,6 +141,29 @@ class MllpServer:
             return
         finally:
             writer.close()
+
+    @staticmethod
+    async def _read_block(reader: HL7StreamReader) -> bytes:
+        """The next message between <VT> and <FS><CR>.
+
+        python-hl7's own ``readblock`` drops what it holds when a message passes the limit
+        and then reads the rest of that message as further "messages": one 10 MB message
+        got three answers. Here the rest is skipped up to the message's end, so it gets one.
+        """
+        try:
+            block: bytes = await reader.readuntil(END_BLOCK)
+        except asyncio.LimitOverrunError as exc:
+            while True:  # drop what can be dropped, up to and with the end of the message
+                await reader.readexactly(exc.consumed)
+                try:
+                    await reader.readuntil(END_BLOCK)
+                    break
+                except asyncio.LimitOverrunError as again:
+                    exc = again
+            raise _TooLargeError from None
+        if not block.startswith(START_BLOCK):
+            raise _NotABlockError
+        return block[1 : -len(END_BLOCK)]
 
     def _allowed(self, address: str) -> bool:
         if not self.allowed_sources:
@@ -147,7 +190,8 @@ class MllpServer:
             return ack(header, "AE", str(exc), "101")
         except ReportStoreError as exc:
             log.error("HL7 %s from %s: AE %s", control, peer, exc)
-            return ack(header, "AE", f"{exc}; send it again later", "207")
+            reason = "the report could not be stored (catalog unavailable); send it again later"
+            return ack(header, "AE", reason, "207")
         except Exception as exc:  # a bug: the message's values may be in the exception text
             log.error(
                 "HL7 %s from %s: internal error %s\n%s",
@@ -156,7 +200,8 @@ class MllpServer:
                 type(exc).__name__,
                 "".join(traceback.format_tb(exc.__traceback__)),
             )
-            return ack(header, "AE", f"internal error ({type(exc).__name__})", "207")
+            reason = "the report could not be processed (internal error, logged); it was not stored"
+            return ack(header, "AE", reason, "207")
         log.info(
             "HL7 %s from %s: report %s%s",
             control,

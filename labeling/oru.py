@@ -115,10 +115,17 @@ def parse_oru(text: str) -> IncomingReport:
     try:
         message = hl7.parse(text)
         msh = message.segment("MSH")
+    except Exception:  # python-hl7 raises whatever it meets; the reason is the same
+        raise MessageError(
+            "AR", "malformed HL7 message: its MSH segment and fields cannot be read", "100"
+        ) from None
+    try:
         kind = str(msh(9)(1)(1)).upper()
         trigger = str(msh(9)(1)(2)).upper()
-    except Exception as exc:
-        raise MessageError("AR", f"malformed HL7 message ({type(exc).__name__})", "100") from None
+    except Exception:
+        raise MessageError(
+            "AR", "MSH-9 (message type) is missing or not of the form ORU^R01", "101"
+        ) from None
     if (kind, trigger) != ("ORU", "R01"):
         raise MessageError("AR", "unsupported message type: only ORU^R01 is accepted", "200")
     _require(message, "PID")

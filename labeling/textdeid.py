@@ -10,9 +10,12 @@ format they were written in, so intervals between a patient's exams survive.
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+
+from deid.clean import Identifier, fold, identifier_pattern, replace_emails
 
 TEXT_DEID_VERSION = "text-deid 1"
 
@@ -36,16 +39,16 @@ class Identifiers:
 
 
 _LABELLED_NAME = re.compile(
-    r"((?:患者|病人|姓名|申请医师|报告医师|审核医师|检查医师|诊断医师|医师|医生|技师|记录者)\s*[:：]?\s*)"
+    r"((?:患者|病人|姓名|申请医师|报告医师|审核医师|检查医师|诊断医师|医师|医生|技师|记录者)\s*+[:：]?\s*+)"
     r"([\u3400-\u9fff·]{2,4})"
     r"|((?i:patient|name|dr\.?|doctor|physician|radiologist|pathologist|reported by|"
-    r"signed by|dictated by|read by|verified by)\s*[:：]?\s+)"
+    r"signed by|dictated by|read by|verified by)(?:\s*+[:：]\s++|\s++))"
     r"([A-Z][A-Za-z'\-]+(?:,? [A-Z][A-Za-z'\-]+){0,2})",
 )
 _LABELLED_ID = re.compile(
     r"((?:mrn|medical record(?: number| no\.?)?|patient id|accession(?: number| no\.?)?|"
     r"acc\.?(?: no\.?)?|"
-    r"病历号|住院号|门诊号|病案号|登记号|检查号|影像号|ID号|身份证号?|医保号|卡号)\s*[:：#]?\s*)"
+    r"病历号|住院号|门诊号|病案号|登记号|检查号|影像号|ID号|身份证号?|医保号|卡号)\s*+[:：#]?\s*+)"
     r"([A-Za-z0-9][A-Za-z0-9\-]{2,})",
     re.IGNORECASE,
 )
@@ -56,8 +59,9 @@ _PHONE = re.compile(
     r"|(?<!\d)(?<!\d\.)\(?\d{3}\)?[\s.-]\d{3}[\s.-]\d{4}(?!\.?\d)"
     r"|\+\d{1,3}[\s-]\d[\d\s-]{6,}\d"
 )
-_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
-_LONG_NUMBER = re.compile(r"(?<![\w.])[A-Za-z]{0,6}\d{9,}[A-Za-z0-9]*(?!\w)(?!\.\w)")
+_EMAIL_LOCAL = frozenset(string.ascii_letters + string.digits + "._%+-")
+_EMAIL_DOMAIN = re.compile(r"(?<![A-Za-z0-9.-])[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
+_LONG_NUMBER = re.compile(r"(?<![\w.])[A-Za-z]{0,6}\d{9,}+[A-Za-z0-9]*+(?!\w)(?!\.\w)")
 
 _DATE_PATTERNS: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], date], str], ...] = (
     (
@@ -87,7 +91,7 @@ def deidentify_text(text: str, identifiers: Identifiers, offset_days: int) -> st
     """``text`` with identifiers removed and dates shifted by ``offset_days``."""
     if not text:
         return text
-    text = _EMAIL.sub(EMAIL, text)
+    text = replace_emails(text, EMAIL, local=_EMAIL_LOCAL.__contains__, domain=_EMAIL_DOMAIN)
     text = _remove_values(text, identifiers)
     text = _LABELLED_NAME.sub(_labelled_name, text)
     text = _LABELLED_ID.sub(lambda m: m.group(1) + ID, text)
@@ -117,14 +121,24 @@ def _name_variants(names: Iterable[str]) -> set[str]:
 
 
 def _remove_values(text: str, identifiers: Identifiers) -> str:
-    replacements: list[tuple[str, str]] = [(v, NAME) for v in _name_variants(identifiers.names)]
-    for values in (identifiers.patient_ids, identifiers.accession_numbers, identifiers.other):
-        replacements.extend((v.strip(), ID) for v in values if len(v.strip()) >= 3)
-    for value, marker in sorted(replacements, key=lambda r: -len(r[0])):
-        boundary = r"(?<![A-Za-z0-9])" if value[0].isascii() and value[0].isalnum() else ""
-        end = r"(?![A-Za-z0-9])" if value[-1].isascii() and value[-1].isalnum() else ""
-        text = re.sub(boundary + re.escape(value) + end, marker, text, flags=re.IGNORECASE)
-    return text
+    """The message's own identifiers replaced wherever they stand (case-insensitive, longest
+    first); one that starts or ends with an ASCII letter or digit only as a whole word."""
+    markers: dict[str, str] = {}
+    found: list[Identifier] = []
+    values = [(v, NAME) for v in sorted(_name_variants(identifiers.names))]
+    for group in (identifiers.patient_ids, identifiers.accession_numbers, identifiers.other):
+        values.extend((v.strip(), ID) for v in group if len(v.strip()) >= 3)
+    for value, marker in values:
+        markers.setdefault(fold(value), marker)
+        found.append(Identifier(value, _alnum(value[0]), _alnum(value[-1])))
+    pattern, owners = identifier_pattern(found, "[A-Za-z0-9]")
+    if pattern is None:
+        return text
+    return pattern.sub(lambda m: markers.get(owners.get(fold(m.group()), ""), ID), text)
+
+
+def _alnum(char: str) -> bool:
+    return char.isascii() and char.isalnum()
 
 
 def _shift_dates(text: str, offset_days: int, birth_date: date | None) -> str:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import bisect
 import enum
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 from rapidfuzz import fuzz, process
 
+from deid.clean import trie_pattern
 from labeling.tasks import TaskSet
 
 
@@ -57,9 +57,6 @@ class Meaning:
 _WORD = re.compile(r"[a-z]+")
 
 
-_Trie = dict[str, "_Trie"]
-
-
 def _is_word_phrase(phrase: str) -> bool:
     return (
         phrase[0].isascii()
@@ -67,29 +64,6 @@ def _is_word_phrase(phrase: str) -> bool:
         and phrase[-1].isascii()
         and phrase[-1].isalnum()
     )
-
-
-def trie_pattern(phrases: Iterable[str]) -> str:
-    """A regular expression matching any of ``phrases``, longest first, without backtracking
-    over a long alternation (one branch per distinct next character)."""
-    trie: _Trie = {}
-    for phrase in phrases:
-        node = trie
-        for char in phrase:
-            node = node.setdefault(char, {})
-        node[""] = {}
-
-    def build(node: _Trie) -> str:
-        end = "" in node
-        branches = [re.escape(char) + build(node[char]) for char in sorted(node) if char]
-        if not branches:
-            return ""
-        if len(branches) == 1 and not end:
-            return branches[0]
-        group = "(?:" + "|".join(branches) + ")"
-        return group + "?" if end else group
-
-    return build(trie)
 
 
 class Vocabulary:
@@ -209,10 +183,18 @@ class Corrected:
     def score(self, start: int, end: int) -> tuple[float, str]:
         """The lowest fuzzy score of a corrected word inside [start, end) (100 if none)."""
         worst, note = 100.0, ""
-        for fix_start, fix_end, _, _, word, score in self.fixes:
-            if fix_start < end and fix_end > start and score < worst:
+        # fixes are in text order and do not overlap: those ending after ``start`` onwards
+        for index in range(bisect.bisect_right(self._ends, start), len(self.fixes)):
+            fix_start, _, _, _, word, score = self.fixes[index]
+            if fix_start >= end:
+                break
+            if score < worst:
                 worst, note = score, word
         return worst, note
+
+    @cached_property
+    def _ends(self) -> list[int]:
+        return [fix[1] for fix in self.fixes]
 
 
 def correct_words(text: str, vocabulary: Vocabulary) -> Corrected:

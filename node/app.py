@@ -10,6 +10,8 @@ import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import hl7.containers
+import hl7.util
 import prometheus_client
 import uvicorn
 from fastapi import Depends, FastAPI
@@ -31,6 +33,7 @@ from labeling import MllpServer, ReportIntake, TaskSet, create_router, load_task
 from node import listeners
 from node.api_cohorts import cohort_router
 from node.http import create_app
+from node.http_limits import HttpLimits, guarded_protocol
 from node.metrics import NodeMetrics
 from node.reidentify_api import admin_guard, reidentify_router
 from scp.ae import DicomServer
@@ -67,8 +70,10 @@ def configure_libraries() -> None:
     logging.getLogger("urllib3").setLevel(logging.ERROR)
     logging.getLogger("pydicom").setLevel(logging.CRITICAL)
     logging.getLogger("python_multipart").setLevel(logging.CRITICAL)  # may quote body bytes
-    # python-hl7 logs field values (patient data) when it meets an unknown escape sequence
-    logging.getLogger("hl7").setLevel(logging.ERROR)
+    # python-hl7 logs field values (patient data), with tracebacks, when it meets an unknown
+    # escape sequence; its loggers are named by their file paths, not "hl7".
+    for module in (hl7.containers, hl7.util):
+        logging.getLogger(module.__file__).setLevel(logging.CRITICAL)
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     for syntax in AllTransferSyntaxes:
         for coder in (get_decoder, get_encoder):
@@ -171,6 +176,7 @@ def build_http_app(core: Core, metrics: NodeMetrics) -> FastAPI:
         db=core.db,
         blob_root=core.settings.blob_root,
         metrics=metrics,
+        min_free_bytes=core.settings.health_min_free_bytes,
         routers=[
             *create_routers(context),
             ("/api", create_router(core.report_intake)),
@@ -242,6 +248,7 @@ class Node:
                 settings.labeling.mllp_host,
                 settings.labeling.mllp_port,
                 allowed_sources=settings.labeling.mllp_allowed_sources,
+                max_message_bytes=settings.labeling.mllp_max_message_bytes,
             )
             if settings.labeling.mllp_enabled
             else None
@@ -259,6 +266,14 @@ class Node:
                 log_config=None,
                 access_log=False,
                 lifespan="off",
+                http=guarded_protocol(
+                    HttpLimits(
+                        header_timeout=settings.http_header_timeout,
+                        body_timeout=settings.http_body_timeout,
+                        max_header_bytes=settings.http_max_header_bytes,
+                    )
+                ),
+                timeout_keep_alive=settings.http_keep_alive_timeout,
             )
         )
         self._http_thread = threading.Thread(target=self._http.run, name="http", daemon=True)

@@ -3,16 +3,19 @@ doors."""
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from fastapi import APIRouter, FastAPI, HTTPException, Response
+from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.params import Depends
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import ClientDisconnect
 
 from catalog import CatalogUnavailableError, Database
 from node.metrics import NodeMetrics
@@ -20,6 +23,8 @@ from node.metrics import NodeMetrics
 # Swagger UI's JavaScript and CSS (npm swagger-ui-dist), fetched by scripts/setup.sh
 SWAGGER_UI_DIR = Path(__file__).resolve().parents[1] / "vendor" / "swagger-ui"
 DOCS_ASSETS = "/docs/assets"
+
+log = logging.getLogger(__name__)
 
 
 def create_app(
@@ -30,6 +35,7 @@ def create_app(
     routers: Sequence[tuple[str, APIRouter]] = (),
     dependencies: Sequence[Depends] = (),
     home: str = "/docs",
+    min_free_bytes: int = 0,
 ) -> FastAPI:
     """Build the FastAPI app; ``dependencies`` (e.g. authentication) guard every router;
     ``/`` sends visitors to ``home``."""
@@ -39,17 +45,44 @@ def create_app(
 
     @app.get("/healthz", tags=["system"])
     def healthz(response: Response) -> dict[str, str]:
-        """``ok`` when the catalog answers and the blob store is writable, else 503."""
+        """``ok`` (200) when the catalog answers and the blob store is writable with at least
+        ``health_min_free_bytes`` free; else 503, ``unavailable`` (catalog or blob store
+        down) or ``degraded`` (the disk is nearly full: instances would be refused)."""
         checks = {"catalog": "ok", "storage": "ok"}
+        status = "ok"
         try:
             db.check()
         except CatalogUnavailableError as exc:
             checks["catalog"] = str(exc)
         if not (blob_root.is_dir() and os.access(blob_root, os.W_OK)):
             checks["storage"] = f"blob folder {blob_root} is not writable"
-        healthy = all(value == "ok" for value in checks.values())
-        response.status_code = 200 if healthy else 503
-        return {"status": "ok" if healthy else "unavailable", **checks}
+        elif min_free_bytes and (free := shutil.disk_usage(blob_root).free) < min_free_bytes:
+            checks["storage"] = (
+                f"{free} bytes free for blobs, under health_min_free_bytes ({min_free_bytes})"
+            )
+            status = "degraded"
+        if checks["catalog"] != "ok" or (checks["storage"] != "ok" and status == "ok"):
+            status = "unavailable"
+        response.status_code = 200 if status == "ok" else 503
+        return {"status": status, **checks}
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_went_away(request: Request, exc: ClientDisconnect) -> Response:
+        """One line, no traceback: a client that closes the connection before sending the
+        body it announced (Content-Length) is the client's business. The path is left out
+        (it may hold UIDs); the route names the door."""
+        route = request.scope.get("root_path", "") + getattr(
+            request.scope.get("route"), "path", "?"
+        )
+        log.warning(
+            "HTTP %s %s from %s: the client closed the connection before sending the whole "
+            "body (Content-Length %s)",
+            request.method,
+            route,
+            f"{request.client.host}:{request.client.port}" if request.client else "?",
+            request.headers.get("content-length", "none"),
+        )
+        return Response(status_code=400)
 
     @app.get("/metrics", tags=["system"])
     def prometheus_metrics() -> Response:

@@ -5,12 +5,17 @@ Storage Commitment (Push Model)."""
 from __future__ import annotations
 
 import logging
+import socket
+import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.association import Association
+from pynetdicom.events import Event
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
@@ -35,8 +40,22 @@ EventHandler = (
 )
 
 
+_NO_PYNETDICOM_LIMIT = 1 << 20
+"""pynetdicom counts every connection against its association limit, also one that never
+sent an A-ASSOCIATE-RQ; the node applies ``max_associations`` itself
+(:func:`scp.handlers.handle_requested`) and sets pynetdicom's out of reach."""
+
+
 class DicomServer:
-    """The DIMSE side of a node: an AE listening on the configured port."""
+    """The DIMSE side of a node: an AE listening on the configured port.
+
+    A connection must complete association negotiation within ``acse_timeout`` seconds, and
+    an aborted association (e.g. after ``network_timeout``) must be gone ``acse_timeout``
+    seconds later, or the connection is closed. pynetdicom cannot do either itself: its
+    reader blocks on the socket waiting for the rest of a PDU (a peer that sent two bytes and
+    stopped), and the thread that timed out waits for that reader to stop, forever; each such
+    connection would keep two threads until the peer closes it.
+    """
 
     def __init__(self, settings: Settings, ingestor: Ingestor) -> None:
         # Retrieves read from the catalog and the blob store the ingest pipeline writes to.
@@ -51,12 +70,22 @@ class DicomServer:
             (evt.EVT_C_MOVE, retrieve.handle_move, [db, blobs, settings.qr]),
             (evt.EVT_C_GET, retrieve.handle_get, [db, blobs]),
             (evt.EVT_N_ACTION, self.commitment.handle_n_action),
+            (evt.EVT_CONN_OPEN, self._opened),
+            (evt.EVT_ESTABLISHED, self._established),
+            (evt.EVT_REQUESTED, handlers.handle_requested, [settings.max_associations]),
             (evt.EVT_ACCEPTED, handlers.handle_accepted),
             (evt.EVT_REJECTED, handlers.handle_rejected),
             (evt.EVT_RELEASED, handlers.handle_released),
             (evt.EVT_ABORTED, handlers.handle_aborted),
+            (evt.EVT_ABORTED, self._aborted),
         ]
         self._server: ThreadedAssociationServer | None = None
+        self._deadlines: weakref.WeakKeyDictionary[Association, tuple[float, str]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._reaper = threading.Thread(target=self._reap, name="dicom-acse-timeout", daemon=True)
 
     @property
     def port(self) -> int:
@@ -68,6 +97,7 @@ class DicomServer:
     def start(self) -> None:
         address = (self.settings.dicom_host, self.settings.dicom_port)
         self._server = self.ae.start_server(address, block=False, evt_handlers=self._handlers)
+        self._reaper.start()
         log.info("DICOM AE %s listening on %s:%s", self.settings.ae_title, address[0], self.port)
 
     def active_associations(self) -> int:
@@ -86,10 +116,57 @@ class DicomServer:
         deadline = time.monotonic() + grace
         while server.active_associations and time.monotonic() < deadline:
             time.sleep(0.05)
-        for assoc in server.active_associations:
+        remaining = server.active_associations
+        for assoc in remaining:  # closed by the reaper if the peer holds them open
+            self._watch(assoc, "not gone %g s after the abort at shutdown (acse_timeout)")
+        for assoc in remaining:
             log.warning("aborting association with %s at shutdown", assoc.requestor.address)
             assoc.abort()
+        self._stopping.set()
         log.info("DICOM AE stopped")
+
+    def _opened(self, event: Event) -> None:
+        self._watch(event.assoc, "no association within %g s (acse_timeout)")
+
+    def _established(self, event: Event) -> None:
+        with self._lock:
+            self._deadlines.pop(event.assoc, None)
+
+    def _aborted(self, event: Event) -> None:
+        self._watch(event.assoc, "still open %g s after it was aborted (acse_timeout)")
+
+    def _watch(self, assoc: Association, why: str) -> None:
+        with self._lock:
+            self._deadlines[assoc] = (time.monotonic() + self.settings.acse_timeout, why)
+
+    def _reap(self) -> None:
+        """Close the connections whose deadline passed.
+
+        Shutting the socket down makes pynetdicom's blocked read return, so its threads see
+        a closed connection and end (closing the file from here could hand a reused
+        descriptor to them).
+        """
+        timeout = self.settings.acse_timeout
+        while not self._stopping.wait(min(1.0, timeout / 4)):
+            now = time.monotonic()
+            with self._lock:
+                late = [(a, why) for a, (t, why) in self._deadlines.items() if now > t]
+                for assoc, _ in late:
+                    del self._deadlines[assoc]
+            for assoc, why in late:
+                transport = assoc.dul.socket
+                if transport is None or transport.socket is None or not assoc.is_alive():
+                    continue
+                try:
+                    transport.socket.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    continue  # already closed
+                log.warning(
+                    "DICOM connection from %s:%s closed: " + why,
+                    assoc.requestor.address,
+                    assoc.requestor.port,
+                    timeout,
+                )
 
 
 _PREFERRED_SYNTAXES = [
@@ -120,7 +197,8 @@ def build_ae(settings: Settings) -> AE:
     ae.maximum_pdu_size = settings.max_pdu_size
     ae.dimse_timeout = settings.dimse_timeout
     ae.network_timeout = settings.network_timeout
-    ae.maximum_associations = 64
+    ae.acse_timeout = settings.acse_timeout
+    ae.maximum_associations = _NO_PYNETDICOM_LIMIT
     ae.require_called_aet = settings.require_called_aet
     ae.require_calling_aet = list(settings.allowed_calling_aets)
     ae.add_supported_context(Verification)
