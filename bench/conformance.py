@@ -205,7 +205,16 @@ def import_into_pacsnode(data_dir: Path, batches: list[list[Path]], env: dict[st
         # Exit status 1 means some files were refused (not DICOM, burned-in pixels, ...): the
         # summary it prints says which and why.
         done = subprocess.run(
-            [sys.executable, "-m", "node", "import", "--data-dir", str(data_dir), *map(str, batch)],
+            [
+                sys.executable,
+                "-m",
+                "node",
+                "import",
+                "--create",
+                "--data-dir",
+                str(data_dir),
+                *map(str, batch),
+            ],
             env={**os.environ, **env},
             cwd=REPO_ROOT,
             capture_output=True,
