@@ -276,7 +276,7 @@ class Node:
                 timeout_keep_alive=settings.http_keep_alive_timeout,
             )
         )
-        self._http_thread = threading.Thread(target=self._http.run, name="http", daemon=True)
+        self._http_thread: threading.Thread | None = None  # made by start() with its socket
         self.scheduler = (
             NodeScheduler(JobContext(settings, self.core.db, self.core.ingestor, threading.Event()))
             if settings.scheduler.enabled
@@ -354,7 +354,7 @@ class Node:
         if self.mllp is not None:
             self.mllp.stop()
         self._http.should_exit = True
-        if self._http_thread.is_alive():
+        if self._http_thread is not None and self._http_thread.is_alive():
             self._http_thread.join(timeout=self.settings.shutdown_grace + 5)
         self.core.close()
         log.info("stopped")

@@ -9,13 +9,12 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
+from fastapi import APIRouter, FastAPI, HTTPException, Response
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.params import Depends
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.requests import ClientDisconnect
 
 from catalog import CatalogUnavailableError, Database
 from node.metrics import NodeMetrics
@@ -65,24 +64,6 @@ def create_app(
             status = "unavailable"
         response.status_code = 200 if status == "ok" else 503
         return {"status": status, **checks}
-
-    @app.exception_handler(ClientDisconnect)
-    async def client_went_away(request: Request, exc: ClientDisconnect) -> Response:
-        """One line, no traceback: a client that closes the connection before sending the
-        body it announced (Content-Length) is the client's business. The path is left out
-        (it may hold UIDs); the route names the door."""
-        route = request.scope.get("root_path", "") + getattr(
-            request.scope.get("route"), "path", "?"
-        )
-        log.warning(
-            "HTTP %s %s from %s: the client closed the connection before sending the whole "
-            "body (Content-Length %s)",
-            request.method,
-            route,
-            f"{request.client.host}:{request.client.port}" if request.client else "?",
-            request.headers.get("content-length", "none"),
-        )
-        return Response(status_code=400)
 
     @app.get("/metrics", tags=["system"])
     def prometheus_metrics() -> Response:
