@@ -178,19 +178,23 @@ def test_header_splitting_is_linear_and_respects_quotes() -> None:
     assert split_unquoted('a;"b\\";c";d', ";") == ["a", '"b\\";c"', "d"]
 
 
-HUGE_ACCEPT = ["a;" * 200_000, "a," * 200_000, '"' + "a;" * 200_000, "a/b;q=" + "0" * 400_000]
+LONG_ACCEPT = ["a;" * 20_000, "a," * 20_000, '"' + "a;" * 20_000, "a/b;q=" + "0" * 40_000]
+"""Under the HTTP server's header cap (``http_max_header_bytes``), over the DICOMweb door's."""
+HUGE_ACCEPT = ["a;" * 200_000, "a/b;q=" + "0" * 400_000]
+"""Over the header cap: refused before any route reads them."""
 
 
 def test_huge_accept_headers_answer_fast_while_the_node_stays_responsive(
     node: NodeProcess, qido: str
 ) -> None:
     with stays_responsive(node):
-        for accept in HUGE_ACCEPT:
-            started = time.monotonic()
+        for accept in LONG_ACCEPT:
             response = requests.get(f"{qido}/studies", headers={"Accept": accept}, timeout=60)
-            assert time.monotonic() - started < 2
             assert response.status_code == 400
             assert "Accept header is longer than" in response.json()["detail"]
+        for accept in HUGE_ACCEPT:
+            response = requests.get(f"{qido}/studies", headers={"Accept": accept}, timeout=60)
+            assert response.status_code == 431
 
 
 def test_long_but_reasonable_accept_header_is_read(qido: str) -> None:
