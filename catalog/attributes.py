@@ -89,6 +89,11 @@ class InstanceRecord:
     series: SeriesAttrs
     instance: InstanceAttrs
     metadata_json: str
+    projects: tuple[str, ...] = ()
+    """Projects the instance's study joins (the ``access.projects`` rules that matched)."""
+    new_study_projects: tuple[str, ...] = ()
+    """Projects the study joins only if this instance creates it: the default project, or an
+    uploader's own (who must not gain a study of another project by sending into it)."""
 
 
 def normalize_date(value: str | None) -> str | None:

@@ -15,6 +15,7 @@ from sqlalchemy import Select, select
 
 from catalog.db import Database
 from catalog.models import Instance, Patient, Series, Study, StudyPatient
+from catalog.projects import in_projects
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ def _scoped(
     study_uid: str,
     series_uid: str | None,
     sop_uid: str | None,
+    projects: frozenset[str] | None,
 ) -> Select[*_Columns]:
     statement = (
         statement.select_from(Instance)
@@ -48,6 +50,8 @@ def _scoped(
         .join(Study, Series.study_pk == Study.id)
         .where(Study.study_instance_uid == study_uid)
     )
+    if projects is not None:
+        statement = statement.where(in_projects(Study.id, projects))
     if series_uid is not None:
         statement = statement.where(Series.series_instance_uid == series_uid)
     if sop_uid is not None:
@@ -61,9 +65,15 @@ def _scoped(
 
 
 def locate(
-    db: Database, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+    db: Database,
+    study_uid: str,
+    series_uid: str | None = None,
+    sop_uid: str | None = None,
+    *,
+    projects: frozenset[str] | None = None,
 ) -> list[StoredInstance]:
-    """The stored instances of a study (or of one of its series, or one instance)."""
+    """The stored instances of a study (or of one of its series, or one instance); a study
+    outside ``projects`` (when given) has none."""
     statement = select(
         Study.study_instance_uid,
         Series.series_instance_uid,
@@ -77,22 +87,34 @@ def locate(
         Instance.rows,
     )
     with db.read() as session:
-        rows = session.execute(_scoped(statement, study_uid, series_uid, sop_uid)).all()
+        rows = session.execute(_scoped(statement, study_uid, series_uid, sop_uid, projects)).all()
     return [StoredInstance(**row._asdict()) for row in rows]
 
 
 def stored_metadata(
-    db: Database, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+    db: Database,
+    study_uid: str,
+    series_uid: str | None = None,
+    sop_uid: str | None = None,
+    *,
+    projects: frozenset[str] | None = None,
 ) -> list[tuple[str, str]]:
     """``(sha256, DICOM JSON text)`` of each instance, as stored at ingest."""
     statement = select(Instance.sha256, Instance.metadata_json)
     with db.read() as session:
-        rows = session.execute(_scoped(statement, study_uid, series_uid, sop_uid)).all()
+        rows = session.execute(_scoped(statement, study_uid, series_uid, sop_uid, projects)).all()
     return [(sha, text) for sha, text in rows]
 
 
-def study_exists(db: Database, study_uid: str, series_uid: str | None = None) -> bool:
-    """Whether the study (and the series within it) is in the catalog."""
+def study_exists(
+    db: Database,
+    study_uid: str,
+    series_uid: str | None = None,
+    *,
+    projects: frozenset[str] | None = None,
+) -> bool:
+    """Whether the study (and the series within it) is in the catalog, and in ``projects``
+    when given."""
     statement = select(Study.id).where(Study.study_instance_uid == study_uid)
     if series_uid is not None:
         statement = (
@@ -100,6 +122,8 @@ def study_exists(db: Database, study_uid: str, series_uid: str | None = None) ->
             .join(Study, Series.study_pk == Study.id)
             .where(Study.study_instance_uid == study_uid, Series.series_instance_uid == series_uid)
         )
+    if projects is not None:
+        statement = statement.where(in_projects(Study.id, projects))
     with db.read() as session:
         return session.execute(statement.limit(1)).first() is not None
 
@@ -122,8 +146,11 @@ class RetrieveKeys:
 _CHUNK = 500  # values per IN (...) list, well under every database's parameter limit
 
 
-def locate_keys(db: Database, keys: RetrieveKeys) -> list[StoredInstance]:
-    """The stored instances matching every given key, study by study in the stable order."""
+def locate_keys(
+    db: Database, keys: RetrieveKeys, *, projects: frozenset[str] | None = None
+) -> list[StoredInstance]:
+    """The stored instances matching every given key, study by study in the stable order
+    (only studies of ``projects``, when given)."""
     columns = (
         (Patient.patient_id, keys.patient_ids),
         (Study.study_instance_uid, keys.study_uids),
@@ -154,6 +181,8 @@ def locate_keys(db: Database, keys: RetrieveKeys) -> list[StoredInstance]:
             Instance.id,
         )
     )
+    if projects is not None:
+        statement = statement.where(in_projects(Study.id, projects))
     if keys.patient_ids:  # any patient the study's instances arrived under
         statement = statement.join(StudyPatient, StudyPatient.study_pk == Study.id).join(
             Patient, StudyPatient.patient_pk == Patient.id

@@ -113,6 +113,19 @@ class StudyPatient(Base):
     patient_pk: Mapped[int] = mapped_column(ForeignKey("patient.id"), primary_key=True, index=True)
 
 
+class StudyProject(Base):
+    """Each project a study belongs to (assigned on arrival by ``access.projects`` rules).
+
+    Who may see a study is decided here: a caller scoped to projects finds only studies with
+    a row for one of them, through every door.
+    """
+
+    __tablename__ = "study_project"
+
+    study_pk: Mapped[int] = mapped_column(ForeignKey("study.id"), primary_key=True)
+    project: Mapped[str] = mapped_column(SHORT, primary_key=True, index=True)
+
+
 class Series(Base):
     __tablename__ = "series"
 
@@ -260,6 +273,9 @@ class QuarantinedInstance(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     content_sha256: Mapped[str | None] = mapped_column(String(64))
     """As :attr:`Instance.content_sha256`."""
+    projects: Mapped[str | None] = mapped_column(Text)
+    """The projects its study joins once released (JSON: ``[projects, new_study_projects]``
+    as :class:`catalog.InstanceRecord` has them)."""
     size: Mapped[int] = mapped_column(BigInteger)
     source_door: Mapped[str] = mapped_column(String(16))
     source_aet: Mapped[str | None] = mapped_column(String(16))
@@ -530,3 +546,45 @@ APSCHEDULER_JOBS = Table(
 )
 """apscheduler's job store (``SQLAlchemyJobStore``), declared here so that migrations create
 it and autogenerate leaves it alone; its layout is apscheduler 3's."""
+
+
+class AccessToken(Base):
+    """An API token: only its sha256 is kept (the token itself is shown once, at creation)."""
+
+    __tablename__ = "access_token"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(SHORT, unique=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    roles: Mapped[str] = mapped_column(Text)  # JSON list
+    projects: Mapped[str | None] = mapped_column(Text)  # JSON list; NULL: every project
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(256))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AppUser(Base):
+    """A person who logs in with a password (argon2 hash)."""
+
+    __tablename__ = "app_user"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(SHORT, unique=True)
+    password_hash: Mapped[str] = mapped_column(String(256))
+    roles: Mapped[str] = mapped_column(Text)  # JSON list
+    projects: Mapped[str | None] = mapped_column(Text)  # JSON list; NULL: every project
+    disabled: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class LoginSession(Base):
+    """A browser's login (the cookie's sha256), as the principal it stands for."""
+
+    __tablename__ = "login_session"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    principal: Mapped[str] = mapped_column(Text)  # JSON: name, permissions, projects, method
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

@@ -7,6 +7,7 @@ A quarantined instance is stored (de-identified, durable) and has a row in
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -49,6 +50,8 @@ class Held:
     sha256: str
     size: int
     received_at: str
+    projects: tuple[str, ...] = ()
+    new_study_projects: tuple[str, ...] = ()
 
 
 def hold(
@@ -72,6 +75,7 @@ def hold(
         "blob_key": blob.key,
         "sha256": blob.sha256,
         "content_sha256": content_sha256,
+        "projects": json.dumps([record.projects, record.new_study_projects]),
         "size": blob.size,
         "source_door": door,
         "source_aet": aet,
@@ -160,4 +164,14 @@ def _held(r: QuarantinedInstance) -> Held:
         r.sha256,
         r.size,
         r.received_at.isoformat(),
+        *_projects(r.projects),
     )
+
+
+def _projects(stored: str | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The project lists of a quarantine row (none for rows held before projects existed:
+    the study then joins the default project if its release creates it)."""
+    if not stored:
+        return (), ()
+    projects, new_study_projects = json.loads(stored)
+    return tuple(projects), tuple(new_study_projects)

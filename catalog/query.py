@@ -50,6 +50,7 @@ from catalog.attributes import normalize_date, normalize_time
 from catalog.db import Database
 from catalog.models import Instance, Patient, Series, Study, StudyPatient
 from catalog.normalize import fold, name_words, phonetic
+from catalog.projects import in_projects
 
 DicomJson = dict[str, Any]
 """One DICOM JSON object: ``{"0020000D": {"vr": "UI", "Value": ["1.2.3"]}, ...}``."""
@@ -333,6 +334,9 @@ class Query:
     offset: int = 0
     unsupported: tuple[str, ...] = ()
     """Keys that are valid attributes but not matched on (ignored, returned if stored)."""
+    projects: frozenset[str] | None = None
+    """Only studies of these projects exist for the query (``None``: every study); the door
+    sets it from its caller (``access.Principal.projects``)."""
 
 
 @dataclass(frozen=True)
@@ -705,6 +709,15 @@ def _join_patient(statement: Select[Any], matches: list[ColumnElement[bool]]) ->
     )
 
 
+def _in_projects(level: QueryLevel, projects: frozenset[str]) -> ColumnElement[bool]:
+    if level is QueryLevel.PATIENT:  # a patient exists through a study of the projects
+        return exists().where(
+            StudyPatient.patient_pk == Patient.id,
+            in_projects(StudyPatient.study_pk, projects),
+        )
+    return in_projects(Study.id, projects)
+
+
 def run_query(db: Database, query: Query) -> QueryResult:
     """Run ``query`` in one read transaction; rows in the stable order of the level."""
     attributes = query.return_attributes
@@ -719,6 +732,8 @@ def run_query(db: Database, query: Query) -> QueryResult:
         if condition.attribute.level is QueryLevel.PATIENT
     ]
     statement = _base_select(query.level, columns, patient_matches).where(*matches)
+    if query.projects is not None:
+        statement = statement.where(_in_projects(query.level, query.projects))
     if query.limit is not None:
         statement = statement.limit(query.limit + 1)
     if query.offset:

@@ -25,6 +25,7 @@ from catalog.models import (
     Series,
     Study,
     StudyPatient,
+    StudyProject,
     utcnow,
 )
 from catalog.normalize import fold, name_key
@@ -64,6 +65,7 @@ class Existing:
     content_sha256: str | None
     """Empty for instances indexed before it was recorded."""
     earlier_content_sha256: str | None
+    study_pk: int
 
     def has_content(self, content_sha256: str) -> bool:
         """Whether this version, or one it replaced, holds that content."""
@@ -74,13 +76,18 @@ def _contents(current: str | None, earlier: str | None) -> list[str]:
     return [*(earlier or "").split(), *([current] if current else [])]
 
 
-_FIND = select(
-    Instance.blob_key,
-    Instance.sha256,
-    Instance.version,
-    Instance.content_sha256,
-    Instance.earlier_content_sha256,
-).where(Instance.sop_instance_uid == bindparam("uid"))
+_FIND = (
+    select(
+        Instance.blob_key,
+        Instance.sha256,
+        Instance.version,
+        Instance.content_sha256,
+        Instance.earlier_content_sha256,
+        Series.study_pk,
+    )
+    .join(Series, Series.id == Instance.series_pk)
+    .where(Instance.sop_instance_uid == bindparam("uid"))
+)
 _LOCK_INSTANCE = (
     select(
         Instance.id,
@@ -131,6 +138,21 @@ class CatalogWriter:
         with self.db.read() as session:
             row = session.connection().execute(_FIND, {"uid": sop_instance_uid}).one_or_none()
         return Existing(*row) if row else None
+
+    def join_projects(self, study_pk: int, projects: tuple[str, ...]) -> None:
+        """Make a stored study a member of ``projects`` too (a duplicate that arrived for
+        another project); a write only when it is not one already."""
+        if not projects:
+            return
+        with self.db.read() as session:
+            known = set(
+                session.scalars(
+                    select(StudyProject.project).where(StudyProject.study_pk == study_pk)
+                )
+            )
+        if not set(projects) <= known:
+            with self.db.write() as session:
+                join_projects(session.connection(), study_pk, projects)
 
     def quarantine(
         self,
@@ -222,6 +244,8 @@ def _index(
             ChangeType.NEW_SERIES,
             changes,
         )
+    created = any(kind is ChangeType.NEW_STUDY for kind, _ in changes)
+    join_projects(conn, study_pk, record.projects + (record.new_study_projects if created else ()))
     conn.execute(
         _INSERT_INSTANCE,
         {
@@ -310,6 +334,18 @@ def _link_patient(
     _insert_ignoring_conflict(conn, StudyPatient, {"study_pk": study_pk, "patient_pk": patient_pk})
 
 
+def join_projects(conn: Connection, study_pk: int, projects: tuple[str, ...]) -> None:
+    """Make the study a member of ``projects`` (those it is in already stay)."""
+    if not projects:
+        return
+    dialect_insert = sqlite_insert if conn.dialect.name == "sqlite" else pg_insert
+    conn.execute(
+        dialect_insert(StudyProject)
+        .values([{"study_pk": study_pk, "project": project} for project in projects])
+        .on_conflict_do_nothing()
+    )
+
+
 def _insert_ignoring_conflict(conn: Connection, model: type[Any], values: dict[str, Any]) -> None:
     dialect_insert = sqlite_insert if conn.dialect.name == "sqlite" else pg_insert
     conn.execute(dialect_insert(model).values(**values).on_conflict_do_nothing())
@@ -328,6 +364,10 @@ def _replace(
     if existing.sha256 == blob.sha256 or content_sha256 in known:
         # Another writer indexed this content first (or it is a version already replaced).
         ours = blob.key if blob.key != existing.blob_key else None
+        study_pk = conn.execute(
+            select(Series.study_pk).where(Series.id == existing.series_pk)
+        ).scalar_one()
+        join_projects(conn, study_pk, record.projects)
         return IndexResult(IndexOutcome.SAME, existing.version, obsolete_blob_key=ours)
     version = existing.version + 1
     conn.execute(
@@ -354,6 +394,7 @@ def _replace(
     ).scalar_one()
     changes: list[tuple[ChangeType, str]] = []
     _link_patient(conn, record, study_pk, changes)  # the new version may name another
+    join_projects(conn, study_pk, record.projects)
     conn.execute(
         _COUNT_STUDY,
         {

@@ -42,6 +42,9 @@ class Source:
     calling_aet: str | None = None
     called_aet: str | None = None
     received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    projects: tuple[str, ...] = ()
+    """Projects the door puts the instance's study in (an uploader's own), beside those
+    the ``access.projects`` rules give."""
 
 
 @dataclass(frozen=True)

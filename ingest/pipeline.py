@@ -23,9 +23,12 @@ from pydicom.tag import BaseTag
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 from sqlalchemy.exc import SQLAlchemyError
 
+from access.projects import ProjectRules
 from catalog import CatalogWriter, IndexOutcome, InstanceRecord, extract, to_dicom_json
 from catalog.quarantine import Held, QuarantineOutcome, find_held
+from config.access import AccessSettings
 from deid import Deidentifier, DeidRejectedError
+from deid.engine import text_of
 from ingest.encoding import encode
 from ingest.identity import content_sha256
 from ingest.model import Expected, IngestResult, Outcome, ReviewError, Source
@@ -66,6 +69,9 @@ class Ingestor:
     listeners
         Called with every result after it is final (after the commit for stored instances);
         an exception in a listener is logged and never changes the result.
+    projects
+        The rules that say which projects an arriving instance's study joins (read from the
+        header before de-identification); none: every study is in ``default``.
     """
 
     def __init__(
@@ -75,8 +81,10 @@ class Ingestor:
         blobs: BlobStore,
         catalog: CatalogWriter,
         listeners: tuple[ResultListener, ...] = (),
+        projects: ProjectRules | None = None,
     ) -> None:
         self.deid = deid
+        self.projects = projects or ProjectRules(AccessSettings.model_validate({}))
         self.blobs = blobs
         self.catalog = catalog
         self.listeners = listeners
@@ -149,6 +157,13 @@ class Ingestor:
     def _accept(self, raw: bytes, source: Source, expected: Expected | None) -> IngestResult:
         received = parse(raw)
         validate(received, expected)
+        projects, new_study_projects = self.projects.projects_for(
+            door=source.door,
+            calling_aet=source.calling_aet,
+            called_aet=source.called_aet,
+            attribute=lambda keyword: text_of(received, keyword),
+            owners=source.projects,
+        )
         try:
             deidentified = self.deid.deidentify(received)
         except DeidRejectedError as exc:
@@ -156,9 +171,13 @@ class Ingestor:
         dataset = deidentified.dataset
         data = encode(dataset, raw) if deidentified.changed else raw
         result = _result(dataset, source, len(data))
-        record = _record(dataset, result, deidentified.method, deidentified.flag)
+        record = replace(
+            _record(dataset, result, deidentified.method, deidentified.flag),
+            projects=projects,
+            new_study_projects=new_study_projects,
+        )
         content = content_sha256(dataset, record.metadata_json)
-        if self._already_holds(result, content):
+        if self._already_holds(result, content, projects):
             return replace(result, outcome=Outcome.DUPLICATE)
         try:
             blob = self.blobs.put(data)
@@ -175,14 +194,19 @@ class Ingestor:
             data = stream.read()
         dataset = parse(data)
         result = _result(dataset, source, len(data))
-        record = _record(dataset, result, held.method, held.reason)
+        record = replace(
+            _record(dataset, result, held.method, held.reason),
+            projects=held.projects,
+            new_study_projects=held.new_study_projects or self.projects.default_only,
+        )
         blob = BlobRef(key=held.blob_key, sha256=held.sha256, size=held.size)
         content = content_sha256(dataset, record.metadata_json)
         return self._index(result, record, blob, content, released_by=actor)
 
-    def _already_holds(self, result: IngestResult, content: str) -> bool:
+    def _already_holds(self, result: IngestResult, content: str, projects: tuple[str, ...]) -> bool:
         """The dedupe step: whether the catalog has this content under this SOP Instance
-        UID (as its current version or one it replaced)."""
+        UID (as its current version or one it replaced). Its study joins ``projects`` then
+        (the same study sent for another project)."""
         assert result.sop_instance_uid is not None
         try:
             existing = self.catalog.find(result.sop_instance_uid)
@@ -197,8 +221,15 @@ class Ingestor:
             except (BlobNotFoundError, OSError, _RejectedError):
                 return False  # its blob is missing or unreadable: this copy replaces it
             uids = _result(stored, result.source, 0)
-            return content_sha256(stored, _metadata_json(stored, uids)) == content
-        return existing.has_content(content)
+            same = content_sha256(stored, _metadata_json(stored, uids)) == content
+        else:
+            same = existing.has_content(content)
+        if same:
+            try:
+                self.catalog.join_projects(existing.study_pk, projects)
+            except SQLAlchemyError as exc:
+                raise _catalog_failure(exc) from exc
+        return same
 
     def _index(
         self,
