@@ -9,15 +9,15 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from fastapi import APIRouter, FastAPI, HTTPException, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.params import Depends
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from access import Permission
+from api.security import PUBLIC, Authenticator, require
 from catalog import CatalogUnavailableError, Database
-from node.metrics import NodeMetrics
 
 # Swagger UI's JavaScript and CSS (npm swagger-ui-dist), fetched by scripts/setup.sh
 SWAGGER_UI_DIR = Path(__file__).resolve().parents[1] / "vendor" / "swagger-ui"
@@ -30,19 +30,26 @@ def create_app(
     *,
     db: Database,
     blob_root: Path,
-    metrics: NodeMetrics,
+    registry: CollectorRegistry,
+    authenticator: Authenticator,
     routers: Sequence[tuple[str, APIRouter]] = (),
-    dependencies: Sequence[Depends] = (),
     home: str = "/docs",
     min_free_bytes: int = 0,
 ) -> FastAPI:
-    """Build the FastAPI app; ``dependencies`` (e.g. authentication) guard every router;
-    ``/`` sends visitors to ``home``."""
-    app = FastAPI(title="pacsnode", summary="DICOM archive node", docs_url=None, redoc_url=None)
+    """Build the FastAPI app: the one HTTP door of a node. Every route states its permission
+    (:mod:`api.security`); ``/`` sends visitors to ``home``."""
+    app = FastAPI(
+        title="pacsnode",
+        summary="DICOM archive node",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.authenticator = authenticator
     _add_home(app, home)
     _add_api_pages(app, SWAGGER_UI_DIR)
 
-    @app.get("/healthz", tags=["system"])
+    @app.get("/healthz", tags=["system"], dependencies=[Depends(PUBLIC)])
     def healthz(response: Response) -> dict[str, str]:
         """``ok`` (200) when the catalog answers and the blob store is writable with at least
         ``health_min_free_bytes`` free; else 503, ``unavailable`` (catalog or blob store
@@ -65,20 +72,20 @@ def create_app(
         response.status_code = 200 if status == "ok" else 503
         return {"status": status, **checks}
 
-    @app.get("/metrics", tags=["system"])
+    @app.get("/metrics", tags=["system"], dependencies=[Depends(require(Permission.SYSTEM))])
     def prometheus_metrics() -> Response:
         """Prometheus text exposition of the node's metrics."""
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     for prefix, router in routers:
-        app.include_router(router, prefix=prefix, dependencies=list(dependencies))
+        app.include_router(router, prefix=prefix)
     return app
 
 
 def _add_home(app: FastAPI, home: str) -> None:
     """``/`` until the dashboard has a page there: the viewer's study list, or the API pages."""
 
-    @app.get("/", include_in_schema=False)
+    @app.get("/", include_in_schema=False, dependencies=[Depends(PUBLIC)])
     def root() -> RedirectResponse:
         return RedirectResponse(home)
 
@@ -87,19 +94,30 @@ def _add_api_pages(app: FastAPI, assets: Path) -> None:
     """Swagger UI at ``/docs`` with its JavaScript and CSS served by the node itself (FastAPI's
     default page loads them from a CDN and stays blank without internet)."""
     installed = (assets / "swagger-ui-bundle.js").is_file()
-    if installed:
-        app.mount(DOCS_ASSETS, StaticFiles(directory=assets), name="docs-assets")
+    files = StaticFiles(directory=assets, check_dir=False)
+    openapi_url = "/openapi.json"
 
-    @app.get("/docs", include_in_schema=False)
+    @app.get(openapi_url, include_in_schema=False, dependencies=[Depends(PUBLIC)])
+    def openapi() -> JSONResponse:
+        """The API's description (no data: anyone may read it)."""
+        return JSONResponse(app.openapi())
+
+    @app.get(f"{DOCS_ASSETS}/{{name}}", include_in_schema=False, dependencies=[Depends(PUBLIC)])
+    async def swagger_asset(name: str, request: Request) -> Response:
+        if not installed:
+            raise HTTPException(404, "Swagger UI is not installed: run scripts/setup.sh")
+        return await files.get_response(name, request.scope)
+
+    @app.get("/docs", include_in_schema=False, dependencies=[Depends(PUBLIC)])
     def swagger_ui() -> HTMLResponse:
         if not installed:
             raise HTTPException(
                 404,
                 "Swagger UI is not installed: run scripts/setup.sh "
-                f"(the API description is at {app.openapi_url})",
+                f"(the API description is at {openapi_url})",
             )
         return get_swagger_ui_html(
-            openapi_url=str(app.openapi_url),
+            openapi_url=openapi_url,
             title=f"{app.title} - API",
             swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
             swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",

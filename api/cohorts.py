@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, HTTPException, Query, Request, status
+from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, status
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from access import Permission
+from api.security import require
 from export import (
     AlreadyFrozenError,
     CohortNotFoundError,
@@ -54,20 +56,29 @@ def _http_error(exc: ExportError) -> HTTPException:
 
 
 def _actor(request: Request) -> str:
+    """Who, for the audit trail: the caller's name, and the address they came from."""
     client = request.client
-    return f"http:{client.host}" if client else "http"
+    where = f"http:{client.host}" if client else "http"
+    principal = getattr(request.state, "principal", None)
+    if principal is None or principal.method == "none":
+        return where
+    return f"{principal.name} ({where})"
 
 
 def cohort_router(cohorts: Cohorts, exporter: Exporter) -> APIRouter:
     """The ``/cohorts`` routes over one :class:`Cohorts` and :class:`Exporter`."""
     router = APIRouter(prefix="/cohorts", tags=["cohorts"])
 
-    @router.get("")
+    @router.get("", dependencies=[Depends(require(Permission.COHORTS_READ))])
     def list_cohorts() -> list[dict[str, Any]]:
         """Every version of every cohort."""
         return [info.as_json() for info in cohorts.all_versions()]
 
-    @router.post("", status_code=status.HTTP_201_CREATED)
+    @router.post(
+        "",
+        status_code=status.HTTP_201_CREATED,
+        dependencies=[Depends(require(Permission.COHORTS_WRITE))],
+    )
     def define_cohort(request: Request, new: NewCohort) -> dict[str, Any]:
         """Save a definition as the next version of ``name``."""
         try:
@@ -78,7 +89,7 @@ def cohort_router(cohorts: Cohorts, exporter: Exporter) -> APIRouter:
             raise _http_error(exc) from None
         return info.as_json()
 
-    @router.post("/preview")
+    @router.post("/preview", dependencies=[Depends(require(Permission.COHORTS_READ))])
     def preview_definition(
         definition: Annotated[dict[str, Any], Body(description="A cohort definition.")],
     ) -> dict[str, Any]:
@@ -88,7 +99,7 @@ def cohort_router(cohorts: Cohorts, exporter: Exporter) -> APIRouter:
         except ExportError as exc:
             raise _http_error(exc) from None
 
-    @router.get("/{ref}")
+    @router.get("/{ref}", dependencies=[Depends(require(Permission.COHORTS_READ))])
     def get_cohort(ref: str) -> dict[str, Any]:
         """One cohort version (``name``, ``name@version`` or id)."""
         try:
@@ -96,7 +107,7 @@ def cohort_router(cohorts: Cohorts, exporter: Exporter) -> APIRouter:
         except ExportError as exc:
             raise _http_error(exc) from None
 
-    @router.get("/{ref}/preview")
+    @router.get("/{ref}/preview", dependencies=[Depends(require(Permission.COHORTS_READ))])
     def preview_cohort(ref: str) -> dict[str, Any]:
         """Counts per class, modality, sequence, sex, age bin and split; nothing copied."""
         try:
@@ -104,7 +115,7 @@ def cohort_router(cohorts: Cohorts, exporter: Exporter) -> APIRouter:
         except ExportError as exc:
             raise _http_error(exc) from None
 
-    @router.post("/{ref}/freeze")
+    @router.post("/{ref}/freeze", dependencies=[Depends(require(Permission.COHORTS_WRITE))])
     def freeze_cohort(request: Request, ref: str) -> dict[str, Any]:
         """Pin the cohort's instances and record its manifest hash."""
         try:
@@ -112,7 +123,7 @@ def cohort_router(cohorts: Cohorts, exporter: Exporter) -> APIRouter:
         except ExportError as exc:
             raise _http_error(exc) from None
 
-    @router.get("/{ref}/export")
+    @router.get("/{ref}/export", dependencies=[Depends(require(Permission.EXPORT))])
     def export_cohort(
         request: Request,
         ref: str,

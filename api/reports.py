@@ -1,4 +1,4 @@
-"""REST door of reports and labels (an ``APIRouter`` the node mounts under ``/api``).
+"""HTTP routes of reports and labels (mounted under ``/api``).
 
 - ``POST /api/reports``: one report as JSON, through the same intake as HL7 and files.
 - ``GET /api/reports/{id}``: a stored (de-identified) report with its links and labels.
@@ -16,11 +16,13 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Any, Final, Literal
 
-from fastapi import APIRouter, Body, HTTPException, Query, Response
+from fastapi import APIRouter, Body, Depends, HTTPException, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
+from access import Permission
+from api.security import require
 from catalog.models import Label, Report, ReportLabel, ReportLink, Study
 from labeling.intake import (
     IncomingReport,
@@ -122,7 +124,9 @@ def create_router(intake: ReportIntake) -> APIRouter:
             data["report_id"] = label.report_pk
         return data
 
-    @router.post("/reports", status_code=201)
+    @router.post(
+        "/reports", status_code=201, dependencies=[Depends(require(Permission.REPORTS_WRITE))]
+    )
     def post_report(response: Response, body: JsonBody) -> dict[str, Any]:
         """Store one report (de-identified), extract its labels and link it to its study."""
         report = _validated(ReportIn, body)
@@ -155,7 +159,7 @@ def create_router(intake: ReportIntake) -> APIRouter:
             "labels": result.labels,
         }
 
-    @router.get("/reports/{report_id}")
+    @router.get("/reports/{report_id}", dependencies=[Depends(require(Permission.REPORTS_READ))])
     def get_report(report_id: str) -> dict[str, Any]:
         """A stored report: de-identified text, links and labels with their evidence."""
         pk = row_id(report_id, "report")
@@ -184,7 +188,9 @@ def create_router(intake: ReportIntake) -> APIRouter:
                 "labels": [label_json(label) for label in labels],
             }
 
-    @router.get("/studies/{study_uid}/labels")
+    @router.get(
+        "/studies/{study_uid}/labels", dependencies=[Depends(require(Permission.LABELS_READ))]
+    )
     def study_labels(study_uid: str) -> dict[str, Any]:
         """A study's label per task (empty while no report is linked), with evidence."""
         with db.read() as session:
@@ -209,7 +215,7 @@ def create_router(intake: ReportIntake) -> APIRouter:
                 ],
             }
 
-    @router.get("/labels/review")
+    @router.get("/labels/review", dependencies=[Depends(require(Permission.LABELS_REVIEW))])
     def review_list(
         limit: int = Query(100, ge=1, le=1000), task: str | None = None
     ) -> dict[str, Any]:
@@ -227,7 +233,7 @@ def create_router(intake: ReportIntake) -> APIRouter:
                 "labels": [{**label_json(label), "study_instance_uid": uid} for label, uid in rows]
             }
 
-    @router.put("/labels/{label_id}")
+    @router.put("/labels/{label_id}", dependencies=[Depends(require(Permission.LABELS_REVIEW))])
     def review_label(label_id: str, body: JsonBody) -> dict[str, Any]:
         """Confirm (``value`` null) or override a study label; who and when are kept."""
         pk = row_id(label_id, "label")
@@ -245,7 +251,10 @@ def create_router(intake: ReportIntake) -> APIRouter:
         except SQLAlchemyError as exc:
             raise HTTPException(503, detail=f"catalog unavailable ({type(exc).__name__})") from None
 
-    @router.put("/reports/{report_id}/labels/{task}")
+    @router.put(
+        "/reports/{report_id}/labels/{task}",
+        dependencies=[Depends(require(Permission.LABELS_REVIEW))],
+    )
     def review_report_label(report_id: str, task: str, body: JsonBody) -> dict[str, Any]:
         """Confirm or override one report's label; the linked studies are relabelled."""
         pk = row_id(report_id, "report")

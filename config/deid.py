@@ -44,7 +44,7 @@ class DeidSettings(BaseModel):
     secrets_dir: Path | None = Field(
         default=None,
         description=(
-            "Folder of the HMAC key, the vault key and the admin token (files 0600, made on "
+            "Folder of the HMAC key and the vault key (files 0600, made on "
             "first start). Nodes sharing one archive must share it. Default: <data_dir>/secrets."
         ),
     )

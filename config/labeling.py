@@ -64,8 +64,11 @@ class LabelingSettings(BaseModel):
         default=True, description="Run the HL7 v2 MLLP listener in the node."
     )
     mllp_host: str = Field(
-        default="0.0.0.0",  # noqa: S104 - the RIS is remote
-        description="Address the MLLP listener binds to.",
+        default="127.0.0.1",
+        description=(
+            "Address the MLLP listener binds to. Another than loopback (the RIS is remote: "
+            "e.g. 0.0.0.0) needs mllp_allowed_sources."
+        ),
     )
     mllp_port: int = Field(
         default=2575, ge=0, le=65535, description="MLLP port (0: any free port)."

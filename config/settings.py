@@ -18,6 +18,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from config.access import AccessSettings
 from config.aetitle import check_ae_title
 from config.deid import DeidSettings
 from config.dicomweb import DicomwebSettings
@@ -77,8 +78,11 @@ class Settings(BaseSettings):
 
     ae_title: str = Field("PACSNODE", description="DICOM Application Entity title of the node.")
     dicom_host: str = Field(
-        "0.0.0.0",  # noqa: S104 - modalities are remote; the calling-AE allow-list guards it
-        description="Address the DICOM port listens on.",
+        "127.0.0.1",
+        description=(
+            "Address the DICOM port listens on. Another than loopback (e.g. 0.0.0.0 for the "
+            "modalities) needs allowed_calling_aets."
+        ),
     )
     dicom_port: int = Field(11112, ge=0, le=65535, description="DICOM (DIMSE) port.")
     allowed_calling_aets: list[str] = Field(
@@ -149,13 +153,6 @@ class Settings(BaseSettings):
             "/healthz answers 503 degraded (0: no check)."
         ),
     )
-    allow_remote_http: bool = Field(
-        False,
-        description=(
-            "Required to bind the HTTP server to a non-loopback address: until authentication "
-            "is configured, anyone who reaches the port can read the archive."
-        ),
-    )
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -167,6 +164,7 @@ class Settings(BaseSettings):
     labeling: LabelingSettings = Field(default_factory=LabelingSettings)
     export: ExportSettings = Field(default_factory=ExportSettings)
     imports: ImportSettings = Field(default_factory=ImportSettings)
+    access: AccessSettings = Field(default_factory=lambda: AccessSettings.model_validate({}))
 
     @field_validator("ae_title")
     @classmethod
@@ -179,13 +177,32 @@ class Settings(BaseSettings):
         return [check_ae_title(v) for v in values]
 
     @model_validator(mode="after")
-    def _refuse_open_http(self) -> Settings:
-        if self.http_host not in LOOPBACK_HOSTS and not self.allow_remote_http:
-            raise ValueError(
-                f"http_host {self.http_host!r} is not a loopback address; set "
-                "allow_remote_http = true (PACSNODE_ALLOW_REMOTE_HTTP=1 or --allow-remote-http) "
-                "to expose the HTTP server without authentication"
+    def _refuse_open_listeners(self) -> Settings:
+        """A listener beyond loopback needs a way to tell callers apart: the node would
+        otherwise serve the archive to anyone on the network."""
+        problems = []
+        if self.http_host not in LOOPBACK_HOSTS and not self.access.enabled:
+            problems.append(
+                f"http_host {self.http_host!r} is not a loopback address and HTTP callers are "
+                "not authenticated: set access.methods (token, password, oidc)"
             )
+        if self.dicom_host not in LOOPBACK_HOSTS and not self.allowed_calling_aets:
+            problems.append(
+                f"dicom_host {self.dicom_host!r} is not a loopback address and any AE may "
+                "associate: set allowed_calling_aets"
+            )
+        labeling = self.labeling
+        if (
+            labeling.mllp_enabled
+            and labeling.mllp_host not in LOOPBACK_HOSTS
+            and not labeling.mllp_allowed_sources
+        ):
+            problems.append(
+                f"labeling.mllp_host {labeling.mllp_host!r} is not a loopback address and any "
+                "host may send reports: set labeling.mllp_allowed_sources"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     @property
@@ -202,7 +219,7 @@ class Settings(BaseSettings):
 
     @property
     def secrets_root(self) -> Path:
-        """The folder of the node's secrets (HMAC key, vault key, admin token)."""
+        """The folder of the node's secrets (HMAC key, vault key)."""
         return self.deid.secrets_dir or self.data_dir / "secrets"
 
     @classmethod

@@ -1,4 +1,4 @@
-"""The node's secrets: HMAC key, vault key and admin token, one file each (mode 0600).
+"""The node's secrets: HMAC key and vault key, one file each (mode 0600).
 
 Each is generated on first start if absent. Files are published atomically (written to a
 temporary file, then hard-linked into place), so nodes sharing one secrets folder and
@@ -20,13 +20,12 @@ from pathlib import Path
 from typing import Final
 
 from cryptography.fernet import Fernet
-from pydantic import SecretBytes, SecretStr
+from pydantic import SecretBytes
 
 log = logging.getLogger(__name__)
 
 HMAC_KEY_FILE: Final = "hmac.key"
 VAULT_KEY_FILE: Final = "vault.key"
-ADMIN_TOKEN_FILE: Final = "admin.token"  # noqa: S105 - a file name
 
 
 class SecretsError(RuntimeError):
@@ -37,7 +36,6 @@ class SecretsError(RuntimeError):
 class NodeSecrets:
     hmac_key: SecretBytes
     vault_key: SecretBytes
-    admin_token: SecretStr
 
 
 def load_secrets(folder: Path, *, create: bool = True) -> NodeSecrets:
@@ -60,8 +58,7 @@ def load_secrets(folder: Path, *, create: bool = True) -> NodeSecrets:
         Fernet(vault_text.encode())
     except ValueError:
         raise SecretsError(f"{folder / VAULT_KEY_FILE} is not a Fernet key") from None
-    token = _read_or_create(folder / ADMIN_TOKEN_FILE, lambda: secrets.token_urlsafe(32), create)
-    return NodeSecrets(SecretBytes(hmac_key), SecretBytes(vault_text.encode()), SecretStr(token))
+    return NodeSecrets(SecretBytes(hmac_key), SecretBytes(vault_text.encode()))
 
 
 def _read_or_create(path: Path, make: Callable[[], str], create: bool) -> str:

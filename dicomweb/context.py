@@ -78,6 +78,13 @@ def _first(value: str | None) -> str | None:
     return value.split(",")[0].strip() if value else None
 
 
+def caller_projects(request: Request) -> frozenset[str] | None:
+    """The projects whose studies exist for the route's caller (``None``: all), as its
+    ``api.security.Require`` dependency found them; a request without one sees none."""
+    principal = getattr(request.state, "principal", None)
+    return principal.projects if principal is not None else frozenset()
+
+
 def check_uid(name: str, value: str) -> str:
     """``value`` if it is a UID, else HTTP 400 naming the path parameter."""
     if len(value) > 64 or not _UID.fullmatch(value):

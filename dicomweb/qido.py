@@ -8,14 +8,17 @@ is ``200`` with ``[]`` (CP-2473; PS3.18 before it said ``204``).
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from access import Permission
+from api.security import require
 from catalog.locate import study_exists
 from catalog.query import QueryError, QueryLevel, parse_query, run_query
-from dicomweb.context import DicomwebContext, check_uid
+from dicomweb.context import DicomwebContext, caller_projects, check_uid
 from dicomweb.media import parse_accept
 
 QIDO_PARAMETERS = ("includefield", "limit", "offset", "fuzzymatching")
@@ -105,7 +108,7 @@ def _parse(
 
 
 def create_qido_router(context: DicomwebContext) -> APIRouter:
-    router = APIRouter(tags=["QIDO-RS"])
+    router = APIRouter(tags=["QIDO-RS"], dependencies=[Depends(require(Permission.DICOMWEB_READ))])
 
     def search(
         request: Request,
@@ -122,9 +125,11 @@ def create_qido_router(context: DicomwebContext) -> APIRouter:
             )
         except QueryError as exc:
             raise HTTPException(400, str(exc)) from None
+        projects = caller_projects(request)
+        query = replace(query, projects=projects)
         study = path_keys.get("StudyInstanceUID")
         if study is not None and not study_exists(
-            context.db, study, path_keys.get("SeriesInstanceUID")
+            context.db, study, path_keys.get("SeriesInstanceUID"), projects=projects
         ):
             raise HTTPException(404, "no such study or series")
         result = run_query(context.db, query)

@@ -19,11 +19,13 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from dicomweb.context import DicomwebContext, check_uid
+from access import Permission
+from api.security import require
+from dicomweb.context import DicomwebContext, caller_projects, check_uid
 from dicomweb.media import (
     DICOM,
     BadMultipartError,
@@ -84,7 +86,7 @@ def _uid(value: str | None) -> dict[str, Any]:
 
 
 def create_stow_router(context: DicomwebContext) -> APIRouter:
-    router = APIRouter(tags=["STOW-RS"])
+    router = APIRouter(tags=["STOW-RS"], dependencies=[Depends(require(Permission.DICOMWEB_WRITE))])
 
     async def store(request: Request, study: str | None) -> Response:
         if study is not None:
@@ -101,7 +103,12 @@ def create_stow_router(context: DicomwebContext) -> APIRouter:
         ):
             raise HTTPException(413, f"the request is larger than {limit} bytes")
         client = request.client
-        source = Source(door="stow", remote=f"{client.host}:{client.port}" if client else "unknown")
+        projects = caller_projects(request)
+        source = Source(
+            door="stow",
+            remote=f"{client.host}:{client.port}" if client else "unknown",
+            projects=tuple(sorted(projects)) if projects else (),
+        )
         expected = Expected(study_instance_uid=study) if study else None
         try:
             with EncryptedSpool(context.spool_dir) as spool:

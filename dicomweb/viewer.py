@@ -13,10 +13,13 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from urllib.parse import quote
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
+from access import Permission
+from api.security import PUBLIC
 from dicomweb.context import PREFIX
 
 VIEWER_PATH = "/viewer"
@@ -140,16 +143,22 @@ def _file_in(root: Path, path: str) -> Path | None:
 
 
 def create_viewer_router(dist: Path) -> APIRouter:
-    router = APIRouter(tags=["viewer"], include_in_schema=False)
+    router = APIRouter(tags=["viewer"], include_in_schema=False, dependencies=[Depends(PUBLIC)])
     index = dist / "index.html"
     root = dist.resolve()
     rewritten: dict[Path, bytes | None] = {}
     if not index.is_file():
         log.warning("the OHIF viewer is not installed in %s: run scripts/setup.sh", dist)
 
-    def page() -> HTMLResponse:
+    def page(request: Request) -> Response:
+        """The single-page app; a caller who may not read the archive logs in first (its
+        scripts and styles are public: they hold no data)."""
         if not index.is_file():  # the folder is named in the log, not to every visitor
             raise HTTPException(404, "the OHIF viewer is not installed: run scripts/setup.sh")
+        principal = getattr(request.state, "principal", None)
+        if principal is None or not principal.allows(Permission.DICOMWEB_READ):
+            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            return RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
         return HTMLResponse(rewrite_index(index.read_text()), headers={"Cache-Control": "no-cache"})
 
     @router.get(VIEWER_PATH)
@@ -161,12 +170,12 @@ def create_viewer_router(dist: Path) -> APIRouter:
         return Response(app_config(), media_type="text/javascript")
 
     @router.get(VIEWER_PATH + "/{path:path}")
-    def viewer_file(path: str) -> Response:
+    def viewer_file(path: str, request: Request) -> Response:
         if "\x00" in path:
             raise HTTPException(400, "a viewer path cannot contain a NUL character (%00)")
         candidate = _file_in(root, path)
         if candidate is None:
-            return page()  # a route of the single-page app
+            return page(request)  # a route of the single-page app
         if (changed := rewritten.get(candidate)) is None and candidate not in rewritten:
             changed = rewritten[candidate] = _rewritten(candidate)
         if changed is not None:

@@ -12,15 +12,18 @@ import logging
 import math
 import re
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from typing import BinaryIO
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from access import Permission
+from api.security import require
 from catalog import BULKDATA_URI_PREFIX
 from catalog.locate import StoredInstance, locate, stored_metadata
-from dicomweb.context import DicomwebContext, check_uid
+from dicomweb.context import DicomwebContext, caller_projects, check_uid
 from dicomweb.media import (
     DICOM,
     DICOM_JSON,
@@ -129,18 +132,18 @@ def _read(blobs_open: BinaryIO) -> bytes:
 
 
 def create_wado_router(context: DicomwebContext) -> APIRouter:
-    router = APIRouter(tags=["WADO-RS"])
+    router = APIRouter(tags=["WADO-RS"], dependencies=[Depends(require(Permission.DICOMWEB_READ))])
     blobs = context.blobs
 
     def instances(
-        study: str, series: str | None = None, sop: str | None = None
+        request: Request, study: str, series: str | None = None, sop: str | None = None
     ) -> list[StoredInstance]:
         check_uid("study", study)
         if series is not None:
             check_uid("series", series)
         if sop is not None:
             check_uid("instance", sop)
-        found = locate(context.db, study, series, sop)
+        found = locate(context.db, study, series, sop, projects=caller_projects(request))
         if not found:
             raise _not_found("instance" if sop else "series" if series else "study")
         return found
@@ -250,15 +253,15 @@ def create_wado_router(context: DicomwebContext) -> APIRouter:
 
     @router.get("/studies/{study}", summary="Retrieve a study")
     def retrieve_study(study: str, request: Request) -> Response:
-        return retrieve(request, instances(study), False)
+        return retrieve(request, instances(request, study), False)
 
     @router.get("/studies/{study}/series/{series}", summary="Retrieve a series")
     def retrieve_series(study: str, series: str, request: Request) -> Response:
-        return retrieve(request, instances(study, series), False)
+        return retrieve(request, instances(request, study, series), False)
 
     @router.get("/studies/{study}/series/{series}/instances/{sop}", summary="Retrieve an instance")
     def retrieve_instance(study: str, series: str, sop: str, request: Request) -> Response:
-        found = instances(study, series, sop)
+        found = instances(request, study, series, sop)
         if _not_modified(request, found[0].sha256):
             return Response(status_code=304)
         return retrieve(request, found, True)
@@ -277,7 +280,13 @@ def create_wado_router(context: DicomwebContext) -> APIRouter:
         for name, uid in (("series", series), ("instance", sop)):
             if uid is not None:
                 check_uid(name, uid)
-        stored = await run_in_threadpool(stored_metadata, context.db, study, series, sop)
+        stored = await run_in_threadpool(
+            partial(stored_metadata, projects=caller_projects(request)),
+            context.db,
+            study,
+            series,
+            sop,
+        )
         if not stored:
             raise _not_found("instance" if sop else "series" if series else "study")
         base = context.base_url(request)
@@ -317,7 +326,7 @@ def create_wado_router(context: DicomwebContext) -> APIRouter:
         study: str, series: str, sop: str, frame_list: str, request: Request
     ) -> Response:
         numbers = _frame_numbers(frame_list, context.settings.max_frames_per_request)
-        (instance,) = instances(study, series, sop)
+        (instance,) = instances(request, study, series, sop)
         part_types = [OCTET_STREAM, *sorted(set(FRAME_MEDIA_TYPES.values()))]
         try:
             options = negotiate(
@@ -368,7 +377,7 @@ def create_wado_router(context: DicomwebContext) -> APIRouter:
     def retrieve_bulkdata(
         study: str, series: str, sop: str, path: str, request: Request
     ) -> Response:
-        (instance,) = instances(study, series, sop)
+        (instance,) = instances(request, study, series, sop)
         steps = [step for step in path.split("/") if step]
         if not steps or len(steps) % 2 == 0:
             raise HTTPException(400, "a bulk data path is a tag, or sequence/item/.../tag")
@@ -435,7 +444,7 @@ def _add_rendered_routes(
         f"/studies/{{study}}/{suffix}", summary=f"{title} of a study", name=f"study_{suffix}"
     )
     def study_picture(study: str, request: Request) -> Response:
-        return rendered(request, instances(study), 1, thumbnail)
+        return rendered(request, instances(request, study), 1, thumbnail)
 
     @router.get(
         f"/studies/{{study}}/series/{{series}}/{suffix}",
@@ -443,7 +452,7 @@ def _add_rendered_routes(
         name=f"series_{suffix}",
     )
     def series_picture(study: str, series: str, request: Request) -> Response:
-        return rendered(request, instances(study, series), 1, thumbnail)
+        return rendered(request, instances(request, study, series), 1, thumbnail)
 
     @router.get(
         f"/studies/{{study}}/series/{{series}}/instances/{{sop}}/{suffix}",
@@ -451,7 +460,7 @@ def _add_rendered_routes(
         name=f"instance_{suffix}",
     )
     def instance_picture(study: str, series: str, sop: str, request: Request) -> Response:
-        return rendered(request, instances(study, series, sop), 1, thumbnail)
+        return rendered(request, instances(request, study, series, sop), 1, thumbnail)
 
     @router.get(
         f"/studies/{{study}}/series/{{series}}/instances/{{sop}}/frames/{{frame}}/{suffix}",
@@ -460,7 +469,7 @@ def _add_rendered_routes(
     )
     def frame_picture(study: str, series: str, sop: str, frame: str, request: Request) -> Response:
         numbers = _frame_numbers(frame, 1)
-        return rendered(request, instances(study, series, sop), numbers[0], thumbnail)
+        return rendered(request, instances(request, study, series, sop), numbers[0], thumbnail)
 
 
 def _not_modified(request: Request, etag: str) -> bool:

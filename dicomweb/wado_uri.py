@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from starlette.datastructures import QueryParams
 
+from access import Permission
+from api.security import require
 from catalog.locate import locate
-from dicomweb.context import DicomwebContext, check_uid
+from dicomweb.context import DicomwebContext, caller_projects, check_uid
 from dicomweb.pixels import (
     CannotTranscodeError,
     FrameNotFoundError,
@@ -23,7 +25,7 @@ _MAX_SIDE = 65535
 
 
 def create_wado_uri_router(context: DicomwebContext) -> APIRouter:
-    router = APIRouter(tags=["WADO-URI"])
+    router = APIRouter(tags=["WADO-URI"], dependencies=[Depends(require(Permission.DICOMWEB_READ))])
 
     @router.get("/wado", summary="WADO-URI: retrieve one instance")
     def wado(request: Request) -> Response:
@@ -35,7 +37,13 @@ def create_wado_uri_router(context: DicomwebContext) -> APIRouter:
             if not params.get(name):
                 raise HTTPException(400, f"{name} is required")
             uids[name] = check_uid(name, params[name])
-        found = locate(context.db, uids["studyUID"], uids["seriesUID"], uids["objectUID"])
+        found = locate(
+            context.db,
+            uids["studyUID"],
+            uids["seriesUID"],
+            uids["objectUID"],
+            projects=caller_projects(request),
+        )
         if not found:
             raise HTTPException(404, "instance not found")
         (instance,) = found

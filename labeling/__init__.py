@@ -1,7 +1,6 @@
 """Reports and labels: intake (HL7 MLLP, CSV/XLSX, REST), text de-identification, linking
 to studies, negation-aware label extraction, review and evaluation (docs/labeling.md)."""
 
-from labeling.api import create_router
 from labeling.extract import EmptyReportError, Extractor, TaskLabel
 from labeling.intake import (
     IncomingReport,
@@ -25,6 +24,5 @@ __all__ = [
     "TaskFileError",
     "TaskLabel",
     "TaskSet",
-    "create_router",
     "load_tasks",
 ]

@@ -14,7 +14,7 @@ import hl7.containers
 import hl7.util
 import prometheus_client
 import uvicorn
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from pydicom import config as pydicom_config
 from pydicom.pixels.decoders.base import get_decoder
@@ -22,6 +22,14 @@ from pydicom.pixels.encoders.base import get_encoder
 from pydicom.uid import AllTransferSyntaxes
 from pynetdicom import _config as pynetdicom_config
 
+from access import ProjectRules
+from access.credentials import Credentials
+from api.admin import reidentify_router
+from api.app import create_app
+from api.cohorts import cohort_router
+from api.reports import create_router
+from api.security import Authenticator
+from api.session import session_router
 from catalog import CatalogWriter, Database, catalog_stats
 from config import Settings
 from deid import Deidentifier, NodeSecrets, Pseudonymizer, Vault, build_deid
@@ -29,13 +37,10 @@ from dicomweb import DicomwebContext, create_routers, viewer_home
 from export import CatalogLabels, Cohorts, Exporter, LabelClass, LabelSource, LabelTask
 from ingest import Ingestor, IngestResult, Outcome, ResultListener
 from jobs import JobContext, NodeScheduler
-from labeling import MllpServer, ReportIntake, TaskSet, create_router, load_tasks
+from labeling import MllpServer, ReportIntake, TaskSet, load_tasks
 from node import listeners
-from node.api_cohorts import cohort_router
-from node.http import create_app
 from node.http_limits import HttpLimits, guarded_protocol
 from node.metrics import NodeMetrics
-from node.reidentify_api import admin_guard, reidentify_router
 from scp.ae import DicomServer
 from storage import FilesystemBlobStore
 
@@ -128,6 +133,7 @@ def build_core(settings: Settings, listeners: tuple[ResultListener, ...] = ()) -
         blobs=blobs,
         catalog=CatalogWriter(db),
         listeners=(*listeners, StudyArrivals(report_intake)),
+        projects=ProjectRules(settings.access),
     )
     return Core(
         settings=settings,
@@ -159,8 +165,9 @@ def build_label_source(tasks: TaskSet) -> LabelSource:
 
 
 def build_http_app(core: Core, metrics: NodeMetrics) -> FastAPI:
-    """The HTTP app of a node: health, metrics, DICOMweb, the viewer, reports, labels and
-    cohorts."""
+    """The HTTP app of a node: health, metrics, DICOMweb, the viewer, reports, labels,
+    cohorts, the login page and administration, behind one authentication
+    (:mod:`api.security`)."""
     settings = core.settings.dicomweb
     context = DicomwebContext(
         db=core.db,
@@ -172,15 +179,20 @@ def build_http_app(core: Core, metrics: NodeMetrics) -> FastAPI:
     labels = build_label_source(core.report_intake.tasks)
     cohorts = Cohorts(core.db, core.settings.export, labels)
     exporter = Exporter(core.db, core.blobs, cohorts, core.settings.export)
+    credentials = Credentials(core.db, core.settings.access)
+    authenticator = Authenticator(core.settings.access, credentials)
     app = create_app(
         db=core.db,
         blob_root=core.settings.blob_root,
-        metrics=metrics,
+        registry=metrics.registry,
+        authenticator=authenticator,
         min_free_bytes=core.settings.health_min_free_bytes,
         routers=[
             *create_routers(context),
             ("/api", create_router(core.report_intake)),
             ("/api", cohort_router(cohorts, exporter)),
+            ("/api/admin", reidentify_router(core.vault)),
+            ("", session_router(credentials, authenticator)),
         ],
         home=viewer_home(settings) or "/docs",
     )
@@ -252,11 +264,6 @@ class Node:
             )
             if settings.labeling.mllp_enabled
             else None
-        )
-        app.include_router(
-            reidentify_router(self.core.vault),
-            prefix="/api/admin",
-            dependencies=[Depends(admin_guard(self.core.secrets.admin_token, self.core.vault))],
         )
         self._http = uvicorn.Server(
             uvicorn.Config(

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from node.cli_access import register as register_access
 from node.cli_common import (
     ConfigOpt,
     CreateOpt,
@@ -84,7 +85,8 @@ def serve(
     dicom_host: Annotated[
         str | None,
         typer.Option(
-            help="Address the DICOM port listens on. [env: PACSNODE_DICOM_HOST; default 0.0.0.0]"
+            help="Address the DICOM port listens on (beyond loopback: set "
+            "allowed_calling_aets). [env: PACSNODE_DICOM_HOST; default 127.0.0.1]"
         ),
     ] = None,
     dicom_port: Annotated[
@@ -101,19 +103,12 @@ def serve(
         str | None,
         typer.Option(
             help="Address of the HL7 v2 (MLLP) listener. "
-            "[env: PACSNODE_LABELING__MLLP_HOST; default 0.0.0.0]"
+            "[env: PACSNODE_LABELING__MLLP_HOST; default 127.0.0.1]"
         ),
     ] = None,
     mllp_port: Annotated[
         int | None,
         typer.Option(help="HL7 v2 (MLLP) port. [env: PACSNODE_LABELING__MLLP_PORT; default 2575]"),
-    ] = None,
-    allow_remote_http: Annotated[
-        bool | None,
-        typer.Option(
-            "--allow-remote-http",
-            help="Allow a non-loopback --http-host although the HTTP API has no authentication.",
-        ),
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = None,
 ) -> None:
@@ -143,7 +138,6 @@ def serve(
         dicom_port=dicom_port,
         http_port=http_port,
         http_host=http_host,
-        allow_remote_http=allow_remote_http,
         log_level=log_level,
         labeling=labeling or None,
     )
@@ -359,6 +353,7 @@ def _human_bytes(size: int) -> str:
 app.add_typer(cohort_app)
 app.command("export")(export)
 register_deid(app)
+register_access(app)
 import node.cli_qr  # noqa: E402, F401  (send, orthanc pull, jobs list: they use the helpers above)
 
 

@@ -33,10 +33,17 @@ def test_list_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None
     assert load_settings().allowed_calling_aets == ["CT1", "MR2"]
 
 
-def test_remote_http_needs_an_explicit_option() -> None:
-    with pytest.raises(ConfigError, match="allow_remote_http"):
+def test_listeners_beyond_loopback_need_a_way_to_tell_callers_apart() -> None:
+    with pytest.raises(ConfigError, match=r"access\.methods"):
         load_settings(http_host="0.0.0.0")
-    assert load_settings(http_host="0.0.0.0", allow_remote_http=True).http_host == "0.0.0.0"
+    open_http = load_settings(http_host="0.0.0.0", access={"methods": ["token"]})
+    assert open_http.http_host == "0.0.0.0"
+    with pytest.raises(ConfigError, match="allowed_calling_aets"):
+        load_settings(dicom_host="0.0.0.0")
+    assert load_settings(dicom_host="0.0.0.0", allowed_calling_aets=["CT1"]).dicom_host
+    with pytest.raises(ConfigError, match="mllp_allowed_sources"):
+        load_settings(labeling={"mllp_host": "0.0.0.0"})
+    assert load_settings(labeling={"mllp_host": "0.0.0.0", "mllp_enabled": False})
 
 
 @pytest.mark.parametrize("title", ["", "A" * 17, "BAD\\AE"])

@@ -12,9 +12,9 @@ import httpx
 import pytest
 from playwright.sync_api import Route, sync_playwright
 
+from api.app import SWAGGER_UI_DIR
 from config import load_settings
 from node.app import Node
-from node.http import SWAGGER_UI_DIR
 from tests.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.slow

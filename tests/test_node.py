@@ -312,4 +312,4 @@ def test_port_in_use_and_bad_config_fail_with_a_message(tmp_path: Path) -> None:
         timeout=60,
     )
     assert remote.returncode == 1
-    assert "allow_remote_http" in remote.stderr
+    assert "access.methods" in remote.stderr
