@@ -57,7 +57,9 @@ class Authenticator:
         self.settings = settings
         self.credentials = credentials
         self.oidc = oidc
-        self._sessions: dict[str, tuple[float, Principal | None]] = {}
+        self._checked: dict[str, tuple[float, Principal | None]] = {}
+        """Credentials checked in the last :data:`_CACHE_SECONDS`: most requests are answered
+        without leaving the event loop (a revocation takes effect within that time)."""
 
     async def principal(self, request: Request) -> Principal | None:
         remote = f"{request.client.host}:{request.client.port}" if request.client else ""
@@ -65,43 +67,46 @@ class Authenticator:
             return unauthenticated(remote)
         methods = self.settings.methods
         scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+        credentials = self.credentials
         if scheme.lower() == "bearer" and presented:
             token = presented.strip()
             if token.startswith(TOKEN_PREFIX):
-                if "token" in methods and self.credentials is not None:
-                    return await run_in_threadpool(self.credentials.verify_token, token, remote)
+                if "token" in methods and credentials is not None:
+                    return await self._checked_once(token, credentials.verify_token, remote)
                 return None
             if "oidc" in methods and self.oidc is not None:
-                return await run_in_threadpool(self.oidc.verify, token, remote)
+                return await self._checked_once(token, self.oidc.verify, remote)
             return None
         cookie = request.cookies.get(SESSION_COOKIE)
-        if cookie and self.credentials is not None and ("password" in methods or "oidc" in methods):
-            principal = await self._session(cookie, remote)
+        if cookie and credentials is not None and ("password" in methods or "oidc" in methods):
+            principal = await self._checked_once(cookie, credentials.verify_session, remote)
             if principal is not None and request.method not in _SAFE_METHODS:
                 _refuse_cross_site(request)
             return principal
         return None
 
-    async def _session(self, cookie: str, remote: str) -> Principal | None:
+    async def _checked_once(
+        self, secret: str, check: Callable[[str, str], Principal | None], remote: str
+    ) -> Principal | None:
+        """``check(secret)``, from the cache when it was checked lately."""
         now = time.monotonic()
-        cached = self._sessions.get(cookie)
+        cached = self._checked.get(secret)
         if cached is not None and now - cached[0] < _CACHE_SECONDS:
             principal = cached[1]
         else:
-            assert self.credentials is not None
-            principal = await run_in_threadpool(self.credentials.verify_session, cookie, remote)
-            if len(self._sessions) > 10_000:
-                self._sessions.clear()
-            self._sessions[cookie] = (now, principal)
+            principal = await run_in_threadpool(check, secret, remote)
+            if len(self._checked) > 10_000:
+                self._checked.clear()
+            self._checked[secret] = (now, principal)
         if principal is None:
             return None
         return Principal(
             principal.name, principal.permissions, principal.projects, principal.method, remote
         )
 
-    def forget_session(self, cookie: str) -> None:
-        """Drop a session from this node's cache (logout)."""
-        self._sessions.pop(cookie, None)
+    def forget(self, secret: str) -> None:
+        """Drop a credential from this node's cache (logout)."""
+        self._checked.pop(secret, None)
 
 
 def _refuse_cross_site(request: Request) -> None:

@@ -90,7 +90,7 @@ def session_router(credentials: Credentials, authenticator: Authenticator) -> AP
     async def logout(request: Request) -> Response:
         cookie = request.cookies.get(SESSION_COOKIE)
         if cookie:
-            authenticator.forget_session(cookie)
+            authenticator.forget(cookie)
             await run_in_threadpool(credentials.end_session, cookie)
         answer = RedirectResponse("/login", status_code=303)
         answer.delete_cookie(SESSION_COOKIE, path="/")
