@@ -4,9 +4,9 @@ one run, on the same node and data. See bench/README.md.
     python -m bench.auth [--studies 2000] [--requests 300]
 
 One node runs with ``access.methods = ["token", "password"]``, a second one without
-authentication, both on the same archive. For each way of calling (none; an API token; the session cookie of a
-password login) one keep-alive client sends the same
-requests: QIDO-RS ``/studies?PatientID=...`` and WADO-RS study ``/metadata``. Reported per
+authentication, both on the same archive. For each way of calling (none; an API token; the
+session cookie of a password login) one keep-alive client sends the same requests: QIDO-RS
+``/studies?PatientID=...`` and WADO-RS study ``/metadata``. Reported per
 way: median latency of each, the node's CPU time per request (user + system of the process,
 from ``/proc``), and the overhead against none. The target (issue 12): a token's check costs
 at most 10 % of a QIDO answer's time.
