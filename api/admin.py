@@ -3,7 +3,9 @@
 ``GET /api/admin/reidentify/{kind}/{pseudonym}?reason=...`` needs the ``admin.reidentify``
 permission (the ``admin`` role; never the unauthenticated caller of a node without
 authentication) and a stated reason. Every call is written to the audit trail with the
-caller, the pseudonym and the reason.
+caller, the pseudonym and the reason. When HTTPS is configured (``[https]``), a request that
+did not come over HTTPS is refused (403) before the vault is read: the originals never cross
+the network in clear.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ from deid import Vault
 Kind = Literal["patient", "study", "series", "accession"]
 
 
-def reidentify_router(vault: Vault) -> APIRouter:
-    """Routes that read the vault (mounted under ``/api/admin``)."""
+def reidentify_router(vault: Vault, *, https_only: bool = False) -> APIRouter:
+    """Routes that read the vault (mounted under ``/api/admin``); ``https_only``: refuse
+    requests that did not come over HTTPS (its scheme, set by a trusted proxy's
+    ``X-Forwarded-Proto`` behind one)."""
     router = APIRouter(tags=["admin"])
 
     @router.get("/reidentify/{kind}/{pseudonym}")
@@ -32,7 +36,14 @@ def reidentify_router(vault: Vault) -> APIRouter:
         principal: Annotated[Principal, Depends(require(Permission.REIDENTIFY))],
         reason: Annotated[str, Query(min_length=3, max_length=512, description="Why (audited).")],
     ) -> dict[str, object]:
-        """The originals behind a pseudonym (audited); 404 when the vault has none."""
+        """The originals behind a pseudonym (audited); 404 when the vault has none, 403 over
+        plain HTTP when the node has HTTPS."""
+        if https_only and request.url.scheme != "https":
+            raise HTTPException(
+                status_code=403,
+                detail="re-identification is answered over HTTPS only: this request came "
+                "over plain HTTP (send it to the node's https:// address)",
+            )
         response.headers["Cache-Control"] = "no-store"
         actor = f"{principal.name} ({principal.remote or 'http'}) reason: {reason}"
         originals = vault.reidentify(kind, pseudonym, actor=actor)

@@ -16,6 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from access import Permission
+from api.headers import DicomwebCors, SecurityHeaders, script_hashes
 from api.security import PUBLIC, Authenticator, require
 from catalog import CatalogUnavailableError, Database
 
@@ -35,9 +36,19 @@ def create_app(
     routers: Sequence[tuple[str, APIRouter]] = (),
     home: str = "/docs",
     min_free_bytes: int = 0,
+    pages: Sequence[str] = (),
+    hsts_max_age: int = 0,
+    csp_report_uri: str | None = None,
+    cors: tuple[str, Sequence[str]] | None = None,
 ) -> FastAPI:
     """Build the FastAPI app: the one HTTP door of a node. Every route states its permission
-    (:mod:`api.security`); ``/`` sends visitors to ``home``."""
+    (:mod:`api.security`); ``/`` sends visitors to ``home``.
+
+    Every answer carries the security headers of :mod:`api.headers`; the inline scripts of
+    ``pages`` (HTML served by the routers, e.g. the viewer's) and of the API page are the
+    only ones its Content-Security-Policy allows. ``cors``: a path prefix and the other
+    origins allowed to call it from a browser.
+    """
     app = FastAPI(
         title="pacsnode",
         summary="DICOM archive node",
@@ -47,7 +58,7 @@ def create_app(
     )
     app.state.authenticator = authenticator
     _add_home(app, home)
-    _add_api_pages(app, SWAGGER_UI_DIR)
+    api_page = _add_api_pages(app, SWAGGER_UI_DIR)
 
     @app.get("/healthz", tags=["system"], dependencies=[Depends(PUBLIC)])
     def healthz(response: Response) -> dict[str, str]:
@@ -79,6 +90,14 @@ def create_app(
 
     for prefix, router in routers:
         app.include_router(router, prefix=prefix)
+    if cors is not None and cors[1]:
+        app.add_middleware(DicomwebCors, prefix=cors[0], origins=cors[1])
+    app.add_middleware(  # the outermost: CORS answers carry the headers too
+        SecurityHeaders,
+        inline_scripts=[hash for page in (api_page, *pages) for hash in script_hashes(page)],
+        hsts_max_age=hsts_max_age,
+        report_uri=csp_report_uri,
+    )
     return app
 
 
@@ -90,12 +109,22 @@ def _add_home(app: FastAPI, home: str) -> None:
         return RedirectResponse(home)
 
 
-def _add_api_pages(app: FastAPI, assets: Path) -> None:
+def _add_api_pages(app: FastAPI, assets: Path) -> str:
     """Swagger UI at ``/docs`` with its JavaScript and CSS served by the node itself (FastAPI's
-    default page loads them from a CDN and stays blank without internet)."""
+    default page loads them from a CDN and stays blank without internet); its HTML."""
     installed = (assets / "swagger-ui-bundle.js").is_file()
     files = StaticFiles(directory=assets, check_dir=False)
     openapi_url = "/openapi.json"
+    page = get_swagger_ui_html(
+        openapi_url=openapi_url,
+        title=f"{app.title} - API",
+        swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+        swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+        swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+        # no badge from Swagger's online validator: it would send the API's address out
+        swagger_ui_parameters={"validatorUrl": None},
+    )
+    html = bytes(page.body).decode()  # the same every time: its inline script is hashed once
 
     @app.get(openapi_url, include_in_schema=False, dependencies=[Depends(PUBLIC)])
     def openapi() -> JSONResponse:
@@ -116,12 +145,6 @@ def _add_api_pages(app: FastAPI, assets: Path) -> None:
                 "Swagger UI is not installed: run scripts/setup.sh "
                 f"(the API description is at {openapi_url})",
             )
-        return get_swagger_ui_html(
-            openapi_url=openapi_url,
-            title=f"{app.title} - API",
-            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
-            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
-            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
-            # no badge from Swagger's online validator: it would send the API's address out
-            swagger_ui_parameters={"validatorUrl": None},
-        )
+        return HTMLResponse(html)
+
+    return html

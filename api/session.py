@@ -1,7 +1,8 @@
 """The login page: a user's name and password become a session cookie (``password`` method).
 
-The cookie is ``HttpOnly`` (no script reads it), ``SameSite=Strict`` and, when the request
-came over HTTPS, ``Secure``; it holds a random value whose sha256 the catalog keeps.
+The cookie is ``HttpOnly`` (no script reads it), ``SameSite=Strict`` and ``Secure`` when HTTPS
+is configured or the request came over HTTPS (its scheme; behind a trusted proxy, the
+proxy's ``X-Forwarded-Proto``); it holds a random value whose sha256 the catalog keeps.
 Failed logins are answered the same way whether the user exists or not, and slowly (argon2).
 """
 
@@ -45,7 +46,11 @@ def _safe_next(target: str) -> str:
     return target
 
 
-def session_router(credentials: Credentials, authenticator: Authenticator) -> APIRouter:
+def session_router(
+    credentials: Credentials, authenticator: Authenticator, *, https: bool = False
+) -> APIRouter:
+    """The login and logout routes; ``https``: the node is reached over HTTPS (its cookie is
+    then always ``Secure``)."""
     router = APIRouter(tags=["session"], include_in_schema=False, dependencies=[Depends(PUBLIC)])
 
     @router.get("/login")
@@ -80,7 +85,7 @@ def session_router(credentials: Credentials, authenticator: Authenticator) -> AP
             cookie,
             max_age=int(credentials.settings.session_hours * 3600),
             httponly=True,
-            secure=request.url.scheme == "https",
+            secure=https or request.url.scheme == "https",
             samesite="strict",
             path="/",
         )

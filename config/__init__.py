@@ -3,6 +3,7 @@
 from config.aetitle import check_ae_title
 from config.deid import BurnedInPolicy, DeidSettings
 from config.dicomweb import DicomwebSettings
+from config.https import HttpsSettings
 from config.imports import ImportSettings
 from config.orthanc_sync import OrthancSyncSettings
 from config.qr import DicomDestination, QueryRetrieveSettings
@@ -15,6 +16,7 @@ __all__ = [
     "DeidSettings",
     "DicomDestination",
     "DicomwebSettings",
+    "HttpsSettings",
     "ImportSettings",
     "OrthancSyncSettings",
     "QueryRetrieveSettings",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -28,8 +29,10 @@ class DicomwebSettings(BaseModel):
     cors_origins: list[str] = Field(
         default_factory=list,
         description=(
-            "Other origins allowed to call DICOMweb from a browser (e.g. a separately hosted "
-            'OHIF), or ["*"]. The node\'s own viewer is same-origin and needs none.'
+            "Other origins (scheme://host[:port]) whose pages may call DICOMweb from a "
+            'browser (CORS), e.g. a separately hosted OHIF, or ["*"]. Empty: none (the '
+            "node's own viewer is same-origin). Such callers authenticate with a bearer "
+            "token: the session cookie is never sent or accepted across origins."
         ),
     )
     max_results: int = Field(
@@ -85,6 +88,29 @@ class DicomwebSettings(BaseModel):
             "source tree, filled by scripts/setup.sh."
         ),
     )
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_origins(cls, values: list[str]) -> list[str]:
+        """Origins as browsers send them (``Origin`` is compared as a string)."""
+        origins = []
+        for value in values:
+            origin = value.strip().rstrip("/").lower()
+            parts = urlsplit(origin)
+            if origin != "*" and (
+                parts.scheme not in ("http", "https")
+                or not parts.hostname
+                or parts.path
+                or parts.query
+                or parts.fragment
+                or parts.username is not None
+            ):
+                raise ValueError(
+                    f"cors_origins: {value!r} is not an origin such as https://viewer.example.org "
+                    "(scheme, host and optional port, no path) or *"
+                )
+            origins.append(origin)
+        return origins
 
     @field_validator("public_url")
     @classmethod

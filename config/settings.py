@@ -23,6 +23,7 @@ from config.aetitle import check_ae_title
 from config.deid import DeidSettings
 from config.dicomweb import DicomwebSettings
 from config.export import ExportSettings
+from config.https import HttpsSettings
 from config.imports import ImportSettings
 from config.labeling import LabelingSettings
 from config.orthanc_sync import OrthancSyncSettings
@@ -156,6 +157,8 @@ class Settings(BaseSettings):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    https: HttpsSettings = Field(default_factory=lambda: HttpsSettings.model_validate({}))
+
     qr: QueryRetrieveSettings = Field(default_factory=QueryRetrieveSettings)
     orthanc_sync: OrthancSyncSettings = Field(default_factory=OrthancSyncSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
@@ -200,6 +203,11 @@ class Settings(BaseSettings):
             problems.append(
                 f"labeling.mllp_host {labeling.mllp_host!r} is not a loopback address and any "
                 "host may send reports: set labeling.mllp_allowed_sources"
+            )
+        if self.https.behind_proxy and not self.dicomweb.trust_forwarded_headers:
+            problems.append(
+                "https.behind_proxy needs dicomweb.trust_forwarded_headers: the proxy's "
+                "X-Forwarded-Proto is how the node knows a request came over HTTPS"
             )
         if problems:
             raise ValueError("; ".join(problems))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import threading
@@ -15,7 +16,6 @@ import hl7.util
 import prometheus_client
 import uvicorn
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 from pydicom import config as pydicom_config
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.encoders.base import get_encoder
@@ -33,13 +33,15 @@ from api.session import session_router
 from catalog import CatalogWriter, Database, catalog_stats
 from config import Settings
 from deid import Deidentifier, NodeSecrets, Pseudonymizer, Vault, build_deid
-from dicomweb import DicomwebContext, create_routers, viewer_home
+from dicomweb import DEFAULT_VIEWER_DIR, PREFIX, DicomwebContext, create_routers, viewer_home
+from dicomweb.viewer import rewrite_index
 from export import CatalogLabels, Cohorts, Exporter, LabelClass, LabelSource, LabelTask
 from ingest import Ingestor, IngestResult, Outcome, ResultListener
 from jobs import JobContext, NodeScheduler
 from labeling import MllpServer, ReportIntake, TaskSet, load_tasks
 from node import listeners
 from node.http_limits import HttpLimits, guarded_protocol
+from node.https import ServerCertificate
 from node.metrics import NodeMetrics
 from scp.ae import DicomServer
 from storage import FilesystemBlobStore
@@ -181,6 +183,9 @@ def build_http_app(core: Core, metrics: NodeMetrics) -> FastAPI:
     exporter = Exporter(core.db, core.blobs, cohorts, core.settings.export)
     credentials = Credentials(core.db, core.settings.access)
     authenticator = Authenticator(core.settings.access, credentials)
+    https = core.settings.https
+    home = viewer_home(settings)
+    viewer_index = (settings.viewer_dir or DEFAULT_VIEWER_DIR) / "index.html"
     app = create_app(
         db=core.db,
         blob_root=core.settings.blob_root,
@@ -191,19 +196,16 @@ def build_http_app(core: Core, metrics: NodeMetrics) -> FastAPI:
             *create_routers(context),
             ("/api", create_router(core.report_intake)),
             ("/api", cohort_router(cohorts, exporter)),
-            ("/api/admin", reidentify_router(core.vault)),
-            ("", session_router(credentials, authenticator)),
+            ("/api/admin", reidentify_router(core.vault, https_only=https.configured)),
+            ("", session_router(credentials, authenticator, https=https.configured)),
         ],
-        home=viewer_home(settings) or "/docs",
+        home=home or "/docs",
+        # the viewer's page as its router serves it: its inline scripts are allowed by hash
+        pages=[rewrite_index(viewer_index.read_text())] if home else [],
+        hsts_max_age=https.hsts_max_age,
+        csp_report_uri=https.csp_report_uri,
+        cors=(PREFIX, settings.cors_origins),
     )
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["*"],
-            expose_headers=["Warning", "ETag", "Content-Type", "Content-Encoding"],
-        )
     return app
 
 
@@ -246,6 +248,8 @@ class Node:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        # first: unusable certificate files stop the start before anything is opened
+        self.certificate = ServerCertificate(settings.https) if settings.https.serves_tls else None
         self.metrics = NodeMetrics()
         self.core = build_core(settings, listeners=(self.metrics.observe,))
         self.metrics.watch_catalog(lambda: catalog_stats(self.core.db))
@@ -265,24 +269,31 @@ class Node:
             if settings.labeling.mllp_enabled
             else None
         )
-        self._http = uvicorn.Server(
-            uvicorn.Config(
-                app,
-                host=settings.http_host,
-                port=settings.http_port,
-                log_config=None,
-                access_log=False,
-                lifespan="off",
-                http=guarded_protocol(
-                    HttpLimits(
-                        header_timeout=settings.http_header_timeout,
-                        body_timeout=settings.http_body_timeout,
-                        max_header_bytes=settings.http_max_header_bytes,
-                    )
-                ),
-                timeout_keep_alive=settings.http_keep_alive_timeout,
-            )
+        http_config = uvicorn.Config(
+            app,
+            host=settings.http_host,
+            port=settings.http_port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            http=guarded_protocol(
+                HttpLimits(
+                    header_timeout=settings.http_header_timeout,
+                    body_timeout=settings.http_body_timeout,
+                    max_header_bytes=settings.http_max_header_bytes,
+                )
+            ),
+            timeout_keep_alive=settings.http_keep_alive_timeout,
+            # X-Forwarded-Proto/-For only from the trusted proxies: the scheme decides HSTS,
+            # Secure cookies and re-identification; the address is the caller's
+            proxy_headers=settings.dicomweb.trust_forwarded_headers,
+            forwarded_allow_ips=settings.https.trusted_proxies,
         )
+        if self.certificate is not None:
+            # serve with the node's own context, the one reload_certificate() reloads
+            http_config.load()
+            http_config.ssl = self.certificate.context
+        self._http = uvicorn.Server(http_config)
         self._http_thread: threading.Thread | None = None  # made by start() with its socket
         self.scheduler = (
             NodeScheduler(JobContext(settings, self.core.db, self.core.ingestor, threading.Event()))
@@ -343,14 +354,39 @@ class Node:
                 )
             time.sleep(0.02)
         log.info(
-            "HTTP listening on http://%s:%s (catalog %s, data %s)",
+            "HTTP listening on %s://%s:%s (catalog %s, data %s)",
+            "http" if self.certificate is None else "https",
             self.settings.http_host,
             self.http_port,
             self.core.db.describe(),
             self.settings.data_dir,
         )
+        if self.certificate is not None:
+            log.info("HTTPS certificate: %s", self.certificate.info)
         if self.scheduler is not None:
             self.scheduler.start()
+
+    def reload_certificate(self, timeout: float = 30.0) -> bool:
+        """Load the HTTPS certificate and key files again (SIGHUP); False when the node has
+        no HTTPS or the new files cannot be used (the old certificate stays, the log says
+        why). The context is changed on the HTTP server's own thread, between handshakes."""
+        if self.certificate is None:
+            log.info("no HTTPS certificate to reload (https.certfile is not set)")
+            return False
+        servers = getattr(self._http, "servers", [])
+        if not servers:
+            return self.certificate.reload()  # not serving yet: nothing runs beside us
+        certificate = self.certificate
+
+        async def reload() -> bool:
+            return certificate.reload()
+
+        done = asyncio.run_coroutine_threadsafe(reload(), servers[0].get_loop())
+        try:
+            return done.result(timeout)
+        except TimeoutError:
+            log.error("HTTPS certificate not reloaded: the HTTP server did not answer in time")
+            return False
 
     def stop(self) -> None:
         """Graceful stop: no new associations, running ones finish (up to the grace time)."""

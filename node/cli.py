@@ -113,7 +113,8 @@ def serve(
     log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = None,
 ) -> None:
     """Run the node: DICOM AE, HTTP server and HL7 listener in one process, until SIGTERM or
-    Ctrl-C. The first start in a data folder creates the archive (catalog and secrets)."""
+    Ctrl-C. The first start in a data folder creates the archive (catalog and secrets).
+    SIGHUP reloads the HTTPS certificate and key (https.certfile, https.keyfile)."""
     import logging
     import signal
     import sys
@@ -159,6 +160,12 @@ def serve(
         node = Node(settings)
     except (OSError, RuntimeError, SQLAlchemyError, TaskFileError) as exc:
         raise fail(f"cannot start the node: {exc}") from None
+
+    def reload_certificate(signum: int, _frame: FrameType | None) -> None:
+        logging.getLogger("node").info("received %s", signal.Signals(signum).name)
+        node.reload_certificate()
+
+    signal.signal(signal.SIGHUP, reload_certificate)
     try:
         node.start()
     except (OSError, RuntimeError) as exc:

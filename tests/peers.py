@@ -23,6 +23,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -193,10 +194,18 @@ def _wait_until(
         time.sleep(0.1)
 
 
-def _http_ok(url: str) -> Callable[[], bool]:
+def _http_ok(url: str, tls: ssl.SSLContext | None = None) -> Callable[[], bool]:
+    opener = (
+        _http
+        if tls is None
+        else urllib.request.build_opener(
+            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=tls)
+        )
+    )
+
     def check() -> bool:
         try:
-            with _http.open(url, timeout=2) as response:
+            with opener.open(url, timeout=2) as response:
                 return bool(response.status == 200)
         except (urllib.error.URLError, OSError):
             return False
@@ -426,11 +435,13 @@ def pacsnode_process(
     extra_args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
     log_path: Path | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> Iterator[NodeProcess]:
     """``python -m node serve`` until ``/healthz`` answers 200; stopped on exit if still running.
 
     The DICOM port listens on 127.0.0.1 (``PACSNODE_DICOM_HOST``); ``env`` adds to or
     overrides the current environment. The log defaults to ``node.log`` beside ``data_dir``.
+    ``tls``: the node serves HTTPS (``https.*`` in ``env``), checked with this client context.
     """
     log = log_path or data_dir.parent / "node.log"
     cmd = [
@@ -458,8 +469,8 @@ def pacsnode_process(
     node_env = _env(False, {**defaults, **(env or {})})
     proc = _spawn(cmd, log, node_env, cwd=REPO_ROOT)
     with _running(proc):
-        url = f"http://{HOST}:{http_port}"
-        _wait_until(_http_ok(f"{url}/healthz"), proc, "pacsnode", log)
+        url = f"{'http' if tls is None else 'https'}://{HOST}:{http_port}"
+        _wait_until(_http_ok(f"{url}/healthz", tls), proc, "pacsnode", log)
         yield NodeProcess(proc, dicom_port, http_port, ae_title, url, log)
 
 
