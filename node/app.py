@@ -24,9 +24,11 @@ from pynetdicom import _config as pynetdicom_config
 
 from access import ProjectRules
 from access.credentials import Credentials
+from access.oidc import OidcVerifier, client_secret
 from api.admin import reidentify_router
 from api.app import create_app
 from api.cohorts import cohort_router
+from api.oidc import OidcBearer, OidcLogin, oidc_router, state_key
 from api.reports import create_router
 from api.security import Authenticator
 from api.session import session_router
@@ -179,8 +181,22 @@ def build_http_app(core: Core, metrics: NodeMetrics) -> FastAPI:
     labels = build_label_source(core.report_intake.tasks)
     cohorts = Cohorts(core.db, core.settings.export, labels)
     exporter = Exporter(core.db, core.blobs, cohorts, core.settings.export)
-    credentials = Credentials(core.db, core.settings.access)
-    authenticator = Authenticator(core.settings.access, credentials)
+    access = core.settings.access
+    credentials = Credentials(core.db, access)
+    verifier = OidcVerifier(access) if "oidc" in access.methods else None
+    authenticator = Authenticator(
+        access, credentials, oidc=None if verifier is None else OidcBearer(verifier)
+    )
+    login = (
+        OidcLogin(
+            verifier,
+            credentials,
+            state_key(core.secrets.hmac_key.get_secret_value()),
+            client_secret(access.oidc),
+        )
+        if verifier is not None and access.oidc.login
+        else None
+    )
     app = create_app(
         db=core.db,
         blob_root=core.settings.blob_root,
@@ -193,6 +209,7 @@ def build_http_app(core: Core, metrics: NodeMetrics) -> FastAPI:
             ("/api", cohort_router(cohorts, exporter)),
             ("/api/admin", reidentify_router(core.vault)),
             ("", session_router(credentials, authenticator)),
+            ("", oidc_router(login)),
         ],
         home=viewer_home(settings) or "/docs",
     )
