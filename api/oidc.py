@@ -47,7 +47,7 @@ _RETRY_AFTER = "10"
 
 _CONTINUE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>pacsnode: logged in</title>
-<meta http-equiv="refresh" content="0;url={url}"></head>
+<meta http-equiv="refresh" content="0;url={url}"><link rel="icon" href="data:,"></head>
 <body><p>Logged in. <a href="{url}">Continue</a>.</p></body></html>
 """
 """The callback's answer: a page of the node that moves on by itself. A redirect would keep

@@ -25,9 +25,12 @@ log = logging.getLogger(__name__)
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>pacsnode: log in</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
 <style>body{{font-family:system-ui,sans-serif;max-width:22rem;margin:4rem auto}}
 label{{display:block;margin-top:1rem}}input{{width:100%;padding:.4rem}}
 button,.provider{{display:inline-block;margin-top:1.2rem;padding:.5rem 1.2rem}}
+.provider{{border:1px solid #767676;border-radius:3px;background:#efefef;color:inherit;
+text-decoration:none}}
 .error{{color:#b00020}}</style></head>
 <body><h1>pacsnode</h1>{message}{forms}</body></html>
 """

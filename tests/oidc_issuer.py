@@ -4,9 +4,10 @@ A real discovery document and JWKS (RSA keys generated here), laid out as Keyclo
 them out (``/realms/<realm>/protocol/openid-connect/...``); tokens minted on demand, well
 made or broken in each way a verifier must catch; and, for the login of people, an
 authorization endpoint that approves at once (as a provider with a live single sign-on
-session does) and a token endpoint that checks the client, the redirect URI, the one-time
-code and PKCE (S256) as a real one does. Served by the standard library's HTTP server in a
-thread; stopped by the test that starts it.
+session does) or after a click on its sign-in page (``prompt``), and a token endpoint that
+checks the client, the redirect URI, the one-time code and PKCE (S256) as a real one does.
+Served by the standard library's HTTP server in a thread; stopped by the test that starts
+it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import html
 import json
 import secrets
 import threading
@@ -73,6 +75,9 @@ class TestIssuer:
         self.clients: dict[str, Client] = {}
         self.codes: dict[str, Grant] = {}
         self.deny: str | None = None
+        self.prompt = False
+        """Show a sign-in page first (as a provider without a session does): the way back to
+        the client is then a navigation the provider's page starts (cross-site)."""
         self.auth_methods = ["client_secret_basic", "client_secret_post"]
         self.authorize_requests: list[dict[str, str]] = []
         self.token_requests: list[dict[str, str]] = []
@@ -180,8 +185,22 @@ class TestIssuer:
 
     # ------------------------------------------------------------------------- login
 
+    def sign_in_page(self, query: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        """A page whose button sends the authorization request on (``prompt``)."""
+        fields = "".join(
+            f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
+            for k, v in query.items()
+        )
+        page = (
+            "<!doctype html><html><head><title>Test IdP</title>"
+            '<link rel="icon" href="data:,"></head><body><h1>Test IdP</h1>'
+            f'<form method="post" action="{self.path}/protocol/openid-connect/auth">{fields}'
+            "<button>Sign in</button></form></body></html>"
+        )
+        return 200, {"Content-Type": "text/html; charset=utf-8"}, page.encode()
+
     def authorize(self, query: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
-        """Approve at once: back to the client with a code (or ``deny``'s error)."""
+        """Approve: back to the client with a code (or ``deny``'s error)."""
         self.authorize_requests.append(query)
         client = self.clients.get(query.get("client_id", ""))
         redirect_uri = query.get("redirect_uri", "")
@@ -250,20 +269,20 @@ def _handler(issuer: TestIssuer) -> type[BaseHTTPRequestHandler]:
             elif route == "/protocol/openid-connect/certs":
                 self._json(200, issuer.jwks())
             elif route == "/protocol/openid-connect/auth":
-                self._answer(*issuer.authorize(query))
+                self._answer(*(issuer.sign_in_page if issuer.prompt else issuer.authorize)(query))
             else:
                 self._json(404, {"error": "not found"})
 
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             form = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode()).items()}
-            if (
-                urlsplit(self.path).path.removeprefix(issuer.path)
-                != "/protocol/openid-connect/token"
-            ):
+            route = urlsplit(self.path).path.removeprefix(issuer.path)
+            if route == "/protocol/openid-connect/token":
+                self._json(*issuer.exchange(form, self.headers.get("Authorization", "")))
+            elif route == "/protocol/openid-connect/auth":  # the sign-in page's button
+                self._answer(*issuer.authorize(form))
+            else:
                 self._json(404, {"error": "not found"})
-                return
-            self._json(*issuer.exchange(form, self.headers.get("Authorization", "")))
 
         def _json(self, status: int, body: Claims) -> None:
             self._answer(status, {"Content-Type": "application/json"}, json.dumps(body).encode())
