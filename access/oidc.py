@@ -114,6 +114,8 @@ class Provider:
         self._failed_until = 0.0
         self._failure = ""
         self._keys: _KeySet | None = None
+        self._keys_failed_until = 0.0
+        self._keys_failure = ""
         self._lock = threading.Lock()
 
     @property
@@ -190,18 +192,19 @@ class Provider:
         self.metadata()
         keys = self._keys
         assert keys is not None
+        if time.monotonic() < self._keys_failed_until:  # no key yet, and asked just now
+            raise ProviderUnavailableError(self._keys_failure)
         try:
             return keys.get_signing_key(kid)
         except PyJWKClientConnectionError as exc:
             message = f"the OpenID Connect keys at {keys.uri} cannot be fetched: {_reason(exc)}"
-            log.error("%s", message)
-            raise ProviderUnavailableError(message) from None
         except PyJWKSetError:
             message = f"the OpenID Connect key set at {keys.uri} has no usable key"
-            log.error("%s", message)
-            raise ProviderUnavailableError(message) from None
         except PyJWKClientError:
             raise TokenRefusedError("no key of the provider has its key ID (kid)") from None
+        log.error("%s", message)
+        self._keys_failed_until, self._keys_failure = time.monotonic() + _RETRY_SECONDS, message
+        raise ProviderUnavailableError(message)
 
     def exchange(
         self,
@@ -243,9 +246,7 @@ class Provider:
             ) from None
         if answer.status_code != 200 or not isinstance(body, dict):
             error = body.get("error") if isinstance(body, dict) else None
-            raise TokenRefusedError(
-                f"the provider refused the login ({str(error or answer.status_code)[:64]})"
-            )
+            raise TokenRefusedError(f"the provider refused the login ({code_word(error)})")
         return body
 
 
@@ -398,3 +399,10 @@ def pkce_challenge(verifier: str) -> str:
     """The S256 code challenge of a PKCE code verifier (RFC 7636)."""
     digest = hashlib.sha256(verifier.encode("ascii")).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def code_word(value: object) -> str:
+    """An error code of the provider (``invalid_grant``) fit for a log line and a page: at
+    most 64 letters, digits, ``_``, ``.``, ``-`` (anything else is someone's text)."""
+    text = re.sub(r"[^A-Za-z0-9_.-]", "?", str(value or "unknown"))
+    return text[:64]

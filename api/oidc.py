@@ -19,11 +19,11 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
 import jwt
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
 from access import Principal
@@ -32,6 +32,7 @@ from access.oidc import (
     OidcVerifier,
     ProviderUnavailableError,
     TokenRefusedError,
+    code_word,
     pkce_challenge,
 )
 from api.security import PUBLIC
@@ -107,7 +108,7 @@ def oidc_router(login: OidcLogin | None) -> APIRouter:
         return login
 
     @router.get(LOGIN)
-    def start(request: Request, next: str = "/") -> Response:
+    def start(request: Request, next: Annotated[str, Query(max_length=2048)] = "/") -> Response:
         """Off to the provider, with a new state, nonce and PKCE verifier."""
         flow = configured()
         settings = flow.verifier.settings
@@ -173,7 +174,7 @@ def oidc_router(login: OidcLogin | None) -> APIRouter:
             return _done(_page(flow, "/", "This login expired or was not started here.", 400))
         target = remembered["next"]
         if error is not None or not code:
-            reason = (error or "no code")[:64]
+            reason = "no code" if error is None else code_word(error)
             log.warning("OpenID Connect login from %s: the provider said %s", remote, reason)
             return _done(_page(flow, target, f"The provider did not log you in ({reason}).", 401))
         try:

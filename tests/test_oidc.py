@@ -429,6 +429,15 @@ def test_the_provider_saying_no_or_giving_no_role_starts_no_session(
         issuer.deny = None
     assert denied.status_code == 401
     assert "The provider did not log you in (access_denied)" in denied.text
+    browser = httpx.Client(timeout=30)
+    started = browser.get(f"{base}/login/oidc")
+    state = parse_qs(urlsplit(started.headers["location"]).query)["state"][0]
+    told = browser.get(
+        f"{base}/login/oidc/callback",
+        params={"state": state, "error": "x\nFAKE LINE <script>"},
+    )
+    assert told.status_code == 401
+    assert "(x?FAKE?LINE??script?)" in told.text  # someone's text, not an error code
     issuer.user = {"sub": "bob", "roles": ["offline_access"], "groups": ["lung"]}
     _, roleless = log_in(base, issuer)
     assert roleless.status_code == 403
@@ -533,3 +542,24 @@ def test_the_client_secret_comes_from_a_file_or_the_environment(
 def test_settings_that_would_open_a_hole_are_refused(oidc: dict[str, object], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         AccessSettings.model_validate({"oidc": oidc})
+
+
+def test_checking_a_token_costs_under_a_tenth_of_a_qido_answer(
+    node: Node, base: str, issuer: TestIssuer
+) -> None:
+    """The issue's benchmark, in the small: the check of a remembered token against the time
+    of the QIDO answer it guards (bench/ measures the whole request in each mode)."""
+    token = issuer.token(groups=["lung", "default"])
+    verifier = node._http.config.app.state.authenticator.oidc.verifier
+    with httpx.Client(timeout=30, headers=bearer(token)) as client:
+        answers = []
+        for _ in range(30):
+            started = time.perf_counter()
+            assert client.get(f"{base}/dicom-web/studies").status_code == 200
+            answers.append(time.perf_counter() - started)
+    checks = []
+    for _ in range(1000):
+        started = time.perf_counter()
+        assert verifier.verify(token, "127.0.0.1:1") is not None
+        checks.append(time.perf_counter() - started)
+    assert statistics.median(checks) < 0.1 * statistics.median(answers)
