@@ -3,9 +3,12 @@ projects an arriving study joins (section ``[access]``)."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from config.aetitle import check_ae_title
 from config.permissions import PERMISSIONS
@@ -29,6 +32,21 @@ DEFAULT_ROLES: dict[str, list[str]] = {
 """Role -> permissions; ``*`` is every permission (see ``access.Permission``)."""
 
 PROJECT_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+"""The JWT signature algorithms ``access.oidc.algorithms`` may name: public-key ones only."""
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def secure_url(url: str) -> bool:
+    """An https URL, or plain http to a loopback address (as in tests): the provider's keys
+    and a login's code travel over it."""
+    parts = urlsplit(url)
+    return (parts.scheme == "https" and bool(parts.netloc)) or (
+        parts.scheme == "http" and parts.hostname in _LOOPBACK
+    )
 
 
 class ProjectRule(BaseModel):
@@ -76,10 +94,92 @@ class OidcSettings(BaseModel):
     projects_claim: str = Field(
         "groups", description="Claim (dotted path) holding the caller's projects."
     )
+    project_map: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "Value of the projects claim -> project (`*`: every project), e.g. an Entra group "
+            "ID or a Keycloak group path; other values are project names as they are."
+        ),
+    )
     algorithms: list[str] = Field(
         default_factory=lambda: ["RS256"],
         description="Signature algorithms accepted (never `none` or an HMAC).",
     )
+    client_id: str = Field(
+        "",
+        description=(
+            "The node's client ID at the provider, for the browser login (`/login/oidc`); "
+            "empty: bearer tokens only."
+        ),
+    )
+    client_secret: SecretStr | None = Field(
+        None,
+        description=(
+            "The client's secret (confidential client; give it in the environment, never "
+            "logged). None: a public client (PKCE only)."
+        ),
+    )
+    client_secret_file: Path | None = Field(
+        None, description="A file holding the client's secret (instead of `client_secret`)."
+    )
+    scopes: list[str] = Field(
+        default_factory=lambda: ["openid", "profile"],
+        description="Scopes the browser login asks for (Entra: add the API's scope).",
+    )
+    redirect_url: str = Field(
+        "",
+        description=(
+            "The login's callback URL as registered at the provider; empty: this node's "
+            "`/login/oidc/callback` at the address the browser used."
+        ),
+    )
+    provider_name: str = Field(
+        "OpenID Connect",
+        max_length=64,
+        description='The provider\'s name on the login page ("Log in with ...").',
+    )
+
+    @field_validator("issuer", "redirect_url")
+    @classmethod
+    def _check_url(cls, value: str, info: ValidationInfo) -> str:
+        if value and not secure_url(value):
+            raise ValueError(
+                f"access.oidc.{info.field_name} must be an https URL (http only to a loopback "
+                "address)"
+            )
+        return value
+
+    @field_validator("algorithms")
+    @classmethod
+    def _asymmetric_only(cls, algorithms: list[str]) -> list[str]:
+        """A token's header names its algorithm: ``none`` would accept an unsigned token, an
+        HMAC one signed with the provider's public key (which everybody has)."""
+        refused = sorted(set(algorithms) - ASYMMETRIC_ALGORITHMS)
+        if refused or not algorithms:
+            raise ValueError(
+                f"access.oidc.algorithms: {', '.join(refused) or 'none given'}; accepted are "
+                f"{', '.join(sorted(ASYMMETRIC_ALGORITHMS))}"
+            )
+        return algorithms
+
+    @field_validator("project_map")
+    @classmethod
+    def _project_names(cls, mapping: dict[str, str]) -> dict[str, str]:
+        bad = sorted(p for p in mapping.values() if p != "*" and not re.match(PROJECT_NAME, p))
+        if bad:
+            raise ValueError(f"access.oidc.project_map names bad projects: {', '.join(bad)}")
+        return mapping
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> OidcSettings:
+        if self.client_secret is not None and self.client_secret_file is not None:
+            raise ValueError("give access.oidc.client_secret or client_secret_file, not both")
+        return self
+
+    @property
+    def login(self) -> bool:
+        """Whether people can log in through the provider (the node-side code flow)."""
+        return bool(self.issuer and self.client_id)
 
 
 class AccessSettings(BaseModel):

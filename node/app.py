@@ -24,9 +24,11 @@ from pynetdicom import _config as pynetdicom_config
 
 from access import ProjectRules
 from access.credentials import Credentials
+from access.oidc import OidcVerifier, client_secret
 from api.admin import reidentify_router
 from api.app import create_app
 from api.cohorts import cohort_router
+from api.oidc import OidcBearer, OidcLogin, oidc_router, state_key
 from api.reports import create_router
 from api.security import Authenticator
 from api.session import session_router
@@ -181,9 +183,24 @@ def build_http_app(core: Core, metrics: NodeMetrics) -> FastAPI:
     labels = build_label_source(core.report_intake.tasks)
     cohorts = Cohorts(core.db, core.settings.export, labels)
     exporter = Exporter(core.db, core.blobs, cohorts, core.settings.export)
-    credentials = Credentials(core.db, core.settings.access)
-    authenticator = Authenticator(core.settings.access, credentials)
+    access = core.settings.access
+    credentials = Credentials(core.db, access)
+    verifier = OidcVerifier(access) if "oidc" in access.methods else None
+    authenticator = Authenticator(
+        access, credentials, oidc=None if verifier is None else OidcBearer(verifier)
+    )
     https = core.settings.https
+    login = (
+        OidcLogin(
+            verifier,
+            credentials,
+            state_key(core.secrets.hmac_key.get_secret_value()),
+            client_secret(access.oidc),
+            https=https.configured,
+        )
+        if verifier is not None and access.oidc.login
+        else None
+    )
     home = viewer_home(settings)
     viewer_index = (settings.viewer_dir or DEFAULT_VIEWER_DIR) / "index.html"
     app = create_app(
@@ -198,6 +215,7 @@ def build_http_app(core: Core, metrics: NodeMetrics) -> FastAPI:
             ("/api", cohort_router(cohorts, exporter)),
             ("/api/admin", reidentify_router(core.vault, https_only=https.configured)),
             ("", session_router(credentials, authenticator, https=https.configured)),
+            ("", oidc_router(login)),
         ],
         home=home or "/docs",
         # the viewer's page as its router serves it: its inline scripts are allowed by hash

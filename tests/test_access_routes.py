@@ -29,6 +29,8 @@ PUBLIC_PATHS = {
     "/openapi.json",
     "/docs/assets/{name}",
     "/login",
+    "/login/oidc",
+    "/login/oidc/callback",
     "/logout",
     "/viewer",
     "/viewer/app-config.js",
