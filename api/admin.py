@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 
 from access import Permission, Principal
 from api.security import require
+from catalog.projects import pseudonym_in_projects
 from deid import Vault
 
 Kind = Literal["patient", "study", "series", "accession"]
@@ -34,6 +35,10 @@ def reidentify_router(vault: Vault) -> APIRouter:
     ) -> dict[str, object]:
         """The originals behind a pseudonym (audited); 404 when the vault has none."""
         response.headers["Cache-Control"] = "no-store"
+        if principal.projects is not None and not pseudonym_in_projects(
+            vault.db, kind, pseudonym, principal.projects
+        ):
+            raise HTTPException(status_code=404, detail=f"no {kind} with this pseudonym")
         actor = f"{principal.name} ({principal.remote or 'http'}) reason: {reason}"
         originals = vault.reidentify(kind, pseudonym, actor=actor)
         if originals is None:
