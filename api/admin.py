@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 
 from access import Permission, Principal
 from api.security import require
+from catalog.projects import pseudonym_in_projects
 from deid import Vault
 
 Kind = Literal["patient", "study", "series", "accession"]
@@ -45,6 +46,10 @@ def reidentify_router(vault: Vault, *, https_only: bool = False) -> APIRouter:
                 "over plain HTTP (send it to the node's https:// address)",
             )
         response.headers["Cache-Control"] = "no-store"
+        if principal.projects is not None and not pseudonym_in_projects(
+            vault.db, kind, pseudonym, principal.projects
+        ):
+            raise HTTPException(status_code=404, detail=f"no {kind} with this pseudonym")
         actor = f"{principal.name} ({principal.remote or 'http'}) reason: {reason}"
         originals = vault.reidentify(kind, pseudonym, actor=actor)
         if originals is None:

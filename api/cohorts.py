@@ -1,8 +1,12 @@
 """HTTP API of cohorts and exports (``/api/cohorts``), used by researchers and the dashboard.
 
 A plain ``APIRouter`` over :mod:`export`; the composition root mounts it with the node's
-dependencies (authentication, once it exists). The export is a zip streamed while it is
-written: nothing of it is held in memory or in a temporary file.
+dependencies. The export is a zip streamed while it is written: nothing of it is held in
+memory or in a temporary file.
+
+Projects: a cohort a caller defines is over their projects, and its selection never holds a
+study outside them; a cohort over a project the caller does not see is ``404`` on every route
+(``docs/export.md``, "Projects").
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from access import Permission
-from api.security import require
+from api.security import caller_projects, require
 from export import (
     AlreadyFrozenError,
+    CohortNameTakenError,
     CohortNotFoundError,
     Cohorts,
     EmptyCohortError,
@@ -29,6 +34,7 @@ from export import (
 
 _STATUS: tuple[tuple[type[ExportError], int], ...] = (
     (CohortNotFoundError, status.HTTP_404_NOT_FOUND),
+    (CohortNameTakenError, status.HTTP_409_CONFLICT),
     (InvalidDefinitionError, status.HTTP_422_UNPROCESSABLE_CONTENT),
     (EmptyCohortError, status.HTTP_409_CONFLICT),
     (NotFrozenError, status.HTTP_409_CONFLICT),
@@ -70,9 +76,9 @@ def cohort_router(cohorts: Cohorts, exporter: Exporter) -> APIRouter:
     router = APIRouter(prefix="/cohorts", tags=["cohorts"])
 
     @router.get("", dependencies=[Depends(require(Permission.COHORTS_READ))])
-    def list_cohorts() -> list[dict[str, Any]]:
-        """Every version of every cohort."""
-        return [info.as_json() for info in cohorts.all_versions()]
+    def list_cohorts(request: Request) -> list[dict[str, Any]]:
+        """Every version of every cohort the caller sees."""
+        return [info.as_json() for info in cohorts.all_versions(caller_projects(request))]
 
     @router.post(
         "",
@@ -83,7 +89,11 @@ def cohort_router(cohorts: Cohorts, exporter: Exporter) -> APIRouter:
         """Save a definition as the next version of ``name``."""
         try:
             info = cohorts.define(
-                new.name, new.definition, description=new.description, actor=_actor(request)
+                new.name,
+                new.definition,
+                description=new.description,
+                actor=_actor(request),
+                projects=caller_projects(request),
             )
         except ExportError as exc:
             raise _http_error(exc) from None
@@ -91,27 +101,29 @@ def cohort_router(cohorts: Cohorts, exporter: Exporter) -> APIRouter:
 
     @router.post("/preview", dependencies=[Depends(require(Permission.COHORTS_READ))])
     def preview_definition(
+        request: Request,
         definition: Annotated[dict[str, Any], Body(description="A cohort definition.")],
     ) -> dict[str, Any]:
-        """What an unsaved definition would hold now: counts only."""
+        """What an unsaved definition would hold now among the caller's studies: counts
+        only."""
         try:
-            return cohorts.preview(definition)
+            return cohorts.preview(definition, caller_projects(request))
         except ExportError as exc:
             raise _http_error(exc) from None
 
     @router.get("/{ref}", dependencies=[Depends(require(Permission.COHORTS_READ))])
-    def get_cohort(ref: str) -> dict[str, Any]:
+    def get_cohort(request: Request, ref: str) -> dict[str, Any]:
         """One cohort version (``name``, ``name@version`` or id)."""
         try:
-            return cohorts.get(ref).as_json()
+            return cohorts.get(ref, caller_projects(request)).as_json()
         except ExportError as exc:
             raise _http_error(exc) from None
 
     @router.get("/{ref}/preview", dependencies=[Depends(require(Permission.COHORTS_READ))])
-    def preview_cohort(ref: str) -> dict[str, Any]:
+    def preview_cohort(request: Request, ref: str) -> dict[str, Any]:
         """Counts per class, modality, sequence, sex, age bin and split; nothing copied."""
         try:
-            return cohorts.preview(ref)
+            return cohorts.preview(ref, caller_projects(request))
         except ExportError as exc:
             raise _http_error(exc) from None
 
@@ -119,7 +131,9 @@ def cohort_router(cohorts: Cohorts, exporter: Exporter) -> APIRouter:
     def freeze_cohort(request: Request, ref: str) -> dict[str, Any]:
         """Pin the cohort's instances and record its manifest hash."""
         try:
-            return cohorts.freeze(ref, actor=_actor(request)).as_json()
+            return cohorts.freeze(
+                ref, actor=_actor(request), projects=caller_projects(request)
+            ).as_json()
         except ExportError as exc:
             raise _http_error(exc) from None
 
@@ -131,7 +145,9 @@ def cohort_router(cohorts: Cohorts, exporter: Exporter) -> APIRouter:
     ) -> StreamingResponse:
         """The frozen cohort as a zip (files, manifests, dataset.json), streamed."""
         try:
-            download = exporter.to_zip(ref, format_name, actor=_actor(request))
+            download = exporter.to_zip(
+                ref, format_name, actor=_actor(request), projects=caller_projects(request)
+            )
         except ExportError as exc:
             raise _http_error(exc) from None
         return StreamingResponse(

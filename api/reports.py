@@ -9,6 +9,11 @@
 Answers never echo what was sent: validation errors name the field and the problem only.
 An id in a path that is not a whole number is refused with 400, one no row can have (too
 large) is answered 404, like an id that is free.
+
+Projects: a caller scoped to projects sees a study's labels only for studies of their
+projects, a report only when it is linked to one of those studies (and only those links),
+and a label to review only of such a study; anything else is ``404``, as if it did not
+exist. The answer to ``POST /api/reports`` names only the linked studies the sender sees.
 """
 
 from __future__ import annotations
@@ -16,14 +21,16 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Any, Final, Literal
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Query, Response
+from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from access import Permission
-from api.security import require
+from api.security import caller_projects, require
 from catalog.models import Label, Report, ReportLabel, ReportLink, Study
+from catalog.projects import in_projects
 from labeling.intake import (
     IncomingReport,
     ReportIntake,
@@ -31,6 +38,7 @@ from labeling.intake import (
     ReportStoreError,
 )
 from labeling.labels import ReviewError, apply_review
+from labeling.linking import linked_in_projects
 
 
 class ReportIn(BaseModel):
@@ -88,6 +96,12 @@ def _validated(model: type[BaseModel], body: Any) -> Any:
         raise HTTPException(422, detail="; ".join(problems)) from None
 
 
+def _sees_report(session: Session, report_pk: int, projects: frozenset[str] | None) -> bool:
+    """Whether a caller of ``projects`` (``None``: all) sees the report: it is linked to a
+    study of theirs (an unlinked report: only callers who see every project)."""
+    return projects is None or bool(session.scalar(select(linked_in_projects(report_pk, projects))))
+
+
 def create_router(intake: ReportIntake) -> APIRouter:
     """The router; ``node.app`` mounts it under ``/api`` with the node's dependencies."""
     router = APIRouter(tags=["reports and labels"])
@@ -127,7 +141,7 @@ def create_router(intake: ReportIntake) -> APIRouter:
     @router.post(
         "/reports", status_code=201, dependencies=[Depends(require(Permission.REPORTS_WRITE))]
     )
-    def post_report(response: Response, body: JsonBody) -> dict[str, Any]:
+    def post_report(request: Request, response: Response, body: JsonBody) -> dict[str, Any]:
         """Store one report (de-identified), extract its labels and link it to its study."""
         report = _validated(ReportIn, body)
         incoming = IncomingReport(
@@ -142,7 +156,7 @@ def create_router(intake: ReportIntake) -> APIRouter:
             modality=report.modality,
         )
         try:
-            result = intake.accept(incoming, "rest")
+            result = intake.accept(incoming, "rest", caller_projects(request))
         except ReportRejectedError as exc:
             raise HTTPException(422, detail=str(exc)) from None
         except ReportStoreError as exc:
@@ -160,18 +174,22 @@ def create_router(intake: ReportIntake) -> APIRouter:
         }
 
     @router.get("/reports/{report_id}", dependencies=[Depends(require(Permission.REPORTS_READ))])
-    def get_report(report_id: str) -> dict[str, Any]:
+    def get_report(request: Request, report_id: str) -> dict[str, Any]:
         """A stored report: de-identified text, links and labels with their evidence."""
         pk = row_id(report_id, "report")
+        projects = caller_projects(request)
         with db.read() as session:
             report = session.get(Report, pk)
-            if report is None:
+            if report is None or not _sees_report(session, pk, projects):
                 raise HTTPException(404, detail=f"no report {pk}")
-            links = session.execute(
+            query = (
                 select(Study.study_instance_uid, ReportLink.method, ReportLink.confidence)
                 .join(ReportLink, ReportLink.study_pk == Study.id)
                 .where(ReportLink.report_pk == report.id)
-            ).all()
+            )
+            if projects is not None:
+                query = query.where(in_projects(Study.id, projects))
+            links = session.execute(query).all()
             labels = session.scalars(
                 select(ReportLabel).where(ReportLabel.report_pk == report.id)
             ).all()
@@ -191,10 +209,14 @@ def create_router(intake: ReportIntake) -> APIRouter:
     @router.get(
         "/studies/{study_uid}/labels", dependencies=[Depends(require(Permission.LABELS_READ))]
     )
-    def study_labels(study_uid: str) -> dict[str, Any]:
+    def study_labels(request: Request, study_uid: str) -> dict[str, Any]:
         """A study's label per task (empty while no report is linked), with evidence."""
+        projects = caller_projects(request)
         with db.read() as session:
-            study_pk = session.scalar(select(Study.id).where(Study.study_instance_uid == study_uid))
+            query = select(Study.id).where(Study.study_instance_uid == study_uid)
+            if projects is not None:
+                query = query.where(in_projects(Study.id, projects))
+            study_pk = session.scalar(query)
             if study_pk is None:
                 raise HTTPException(404, detail="no such study")
             labels = session.scalars(
@@ -217,15 +239,19 @@ def create_router(intake: ReportIntake) -> APIRouter:
 
     @router.get("/labels/review", dependencies=[Depends(require(Permission.LABELS_REVIEW))])
     def review_list(
-        limit: int = Query(100, ge=1, le=1000), task: str | None = None
+        request: Request, limit: int = Query(100, ge=1, le=1000), task: str | None = None
     ) -> dict[str, Any]:
-        """Study labels waiting for a person (low confidence or conflicting reports)."""
+        """Labels of the caller's studies waiting for a person (low confidence or
+        conflicting reports)."""
+        projects = caller_projects(request)
         with db.read() as session:
             query = (
                 select(Label, Study.study_instance_uid)
                 .join(Study, Study.id == Label.study_pk)
                 .where(Label.needs_review.is_(True))
             )
+            if projects is not None:
+                query = query.where(in_projects(Study.id, projects))
             if task:
                 query = query.where(Label.task == task)
             rows = session.execute(query.order_by(Label.confidence, Label.id).limit(limit)).all()
@@ -234,14 +260,18 @@ def create_router(intake: ReportIntake) -> APIRouter:
             }
 
     @router.put("/labels/{label_id}", dependencies=[Depends(require(Permission.LABELS_REVIEW))])
-    def review_label(label_id: str, body: JsonBody) -> dict[str, Any]:
+    def review_label(request: Request, label_id: str, body: JsonBody) -> dict[str, Any]:
         """Confirm (``value`` null) or override a study label; who and when are kept."""
         pk = row_id(label_id, "label")
         review = _validated(ReviewIn, body)
+        projects = caller_projects(request)
         try:
             with db.write() as session:
                 label = session.get(Label, pk)
-                if label is None:
+                if label is None or not (
+                    projects is None
+                    or session.scalar(select(in_projects(label.study_pk, projects)))
+                ):
                     raise HTTPException(404, detail=f"no label {pk}")
                 apply_review(label, reviewer=review.reviewer, value=review.value, note=review.note)
                 session.flush()
@@ -255,16 +285,19 @@ def create_router(intake: ReportIntake) -> APIRouter:
         "/reports/{report_id}/labels/{task}",
         dependencies=[Depends(require(Permission.LABELS_REVIEW))],
     )
-    def review_report_label(report_id: str, task: str, body: JsonBody) -> dict[str, Any]:
+    def review_report_label(
+        request: Request, report_id: str, task: str, body: JsonBody
+    ) -> dict[str, Any]:
         """Confirm or override one report's label; the linked studies are relabelled."""
         pk = row_id(report_id, "report")
         review = _validated(ReviewIn, body)
+        projects = caller_projects(request)
         try:
             with db.write() as session:
                 label = session.scalar(
                     select(ReportLabel).where(ReportLabel.report_pk == pk, ReportLabel.task == task)
                 )
-                if label is None:
+                if label is None or not _sees_report(session, pk, projects):
                     raise HTTPException(404, detail=f"report {pk} has no {task[:64]} label")
                 apply_review(label, reviewer=review.reviewer, value=review.value, note=review.note)
                 session.flush()

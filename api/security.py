@@ -169,3 +169,10 @@ PUBLIC = Require(None)
 def requirement_of(call: Callable[..., object]) -> Require | None:
     """The :class:`Require` a dependency callable is, if it is one (for the route test)."""
     return call if isinstance(call, Require) else None
+
+
+def caller_projects(request: Request) -> frozenset[str] | None:
+    """The projects whose studies exist for the caller of a route (``None``: all), as its
+    :class:`Require` dependency found them; a request without one sees none."""
+    principal: Principal | None = getattr(request.state, "principal", None)
+    return principal.projects if principal is not None else frozenset()

@@ -422,6 +422,10 @@ class Cohort(Base):
     manifest_sha256: Mapped[str | None] = mapped_column(String(64))
     frozen_json: Mapped[str | None] = mapped_column(Text)
     """What the freeze recorded besides the members: label schema, de-identification."""
+    projects: Mapped[str | None] = mapped_column(Text)
+    """The projects its studies are chosen from, as a sorted JSON list (``None``: every
+    project): those its first version's author saw. Only callers who see all of them see
+    the cohort."""
 
 
 class CohortSeries(Base):

@@ -29,6 +29,10 @@ A study whose instances arrived under several Patient IDs belongs to each of tho
 patient-level matching keys (PatientID, PatientName, ...) at STUDY, SERIES or IMAGE level
 match any of them, and the answer carries the first patient that matched (without such keys,
 the one the study was first stored under). At PATIENT level each patient counts the study.
+
+A query with ``projects`` (a scoped caller's) sees only studies of those projects: at PATIENT
+level a patient exists through such a study, and the Number of Patient Related Studies,
+Series and Instances count only those (never another project's).
 """
 
 from __future__ import annotations
@@ -36,10 +40,10 @@ from __future__ import annotations
 import enum
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any, Final
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -98,6 +102,14 @@ class Attribute:
     column: Any
     folded: Any = None
     fuzzy: Any = None
+    scoped: Callable[[frozenset[str]], Any] | None = None
+    """The column as a caller scoped to projects sees it, when that differs (a count over
+    the patient's studies counts only those of the caller's projects)."""
+
+    def column_for(self, projects: frozenset[str] | None) -> Any:
+        if projects is None or self.scoped is None:
+            return self.column
+        return self.scoped(projects)
 
     @cached_property
     def tag(self) -> int:
@@ -107,6 +119,21 @@ class Attribute:
     def vr(self) -> str:
         # Cached: run_query asks for it once per attribute and row.
         return str(dictionary_VR(self.tag))
+
+
+def _patient_related(value: Any, projects: frozenset[str] | None = None) -> Any:
+    """``value`` (a count or sum) over the studies of the patient of the row: only those of
+    ``projects`` when given, so a scoped caller never learns of another project's studies,
+    not even as a number."""
+    statement = (
+        select(value)
+        .select_from(StudyPatient)
+        .join(Study, Study.id == StudyPatient.study_pk)
+        .where(StudyPatient.patient_pk == Patient.id)
+    )
+    if projects is not None:
+        statement = statement.where(in_projects(Study.id, projects))
+    return statement.correlate(Patient).scalar_subquery()
 
 
 _P, _ST, _SE, _IM = QueryLevel.PATIENT, QueryLevel.STUDY, QueryLevel.SERIES, QueryLevel.IMAGE
@@ -130,30 +157,22 @@ ATTRIBUTES: Final[tuple[Attribute, ...]] = (
         "NumberOfPatientRelatedStudies",
         _P,
         _M.RETURN_ONLY,
-        select(func.count(StudyPatient.study_pk))
-        .where(StudyPatient.patient_pk == Patient.id)
-        .correlate(Patient)
-        .scalar_subquery(),
+        _patient_related(func.count(StudyPatient.study_pk)),
+        scoped=partial(_patient_related, func.count(StudyPatient.study_pk)),
     ),
     Attribute(
         "NumberOfPatientRelatedSeries",
         _P,
         _M.RETURN_ONLY,
-        select(func.coalesce(func.sum(Study.number_of_series), 0))
-        .join(StudyPatient, StudyPatient.study_pk == Study.id)
-        .where(StudyPatient.patient_pk == Patient.id)
-        .correlate(Patient)
-        .scalar_subquery(),
+        _patient_related(func.coalesce(func.sum(Study.number_of_series), 0)),
+        scoped=partial(_patient_related, func.coalesce(func.sum(Study.number_of_series), 0)),
     ),
     Attribute(
         "NumberOfPatientRelatedInstances",
         _P,
         _M.RETURN_ONLY,
-        select(func.coalesce(func.sum(Study.number_of_instances), 0))
-        .join(StudyPatient, StudyPatient.study_pk == Study.id)
-        .where(StudyPatient.patient_pk == Patient.id)
-        .correlate(Patient)
-        .scalar_subquery(),
+        _patient_related(func.coalesce(func.sum(Study.number_of_instances), 0)),
+        scoped=partial(_patient_related, func.coalesce(func.sum(Study.number_of_instances), 0)),
     ),
     # study
     Attribute("StudyInstanceUID", _ST, _M.UID_LIST, Study.study_instance_uid),
@@ -721,7 +740,9 @@ def _in_projects(level: QueryLevel, projects: frozenset[str]) -> ColumnElement[b
 def run_query(db: Database, query: Query) -> QueryResult:
     """Run ``query`` in one read transaction; rows in the stable order of the level."""
     attributes = query.return_attributes
-    columns: list[Any] = [a.column.label(f"a{i}") for i, a in enumerate(attributes)]
+    columns: list[Any] = [
+        a.column_for(query.projects).label(f"a{i}") for i, a in enumerate(attributes)
+    ]
     instance_json = query.level is QueryLevel.IMAGE and (query.json_tags or query.include_all)
     if instance_json:
         columns.append(Instance.metadata_json)
@@ -746,7 +767,9 @@ def run_query(db: Database, query: Query) -> QueryResult:
             records = records[: query.limit]
         stored: dict[int, DicomJson] = {}
         if query.json_tags and not instance_json:
-            stored = _representatives(connection, query.level, [r[0] for r in records])
+            stored = _representatives(
+                connection, query.level, [r[0] for r in records], query.projects
+            )
     rows = []
     for record in records:
         row: DicomJson = {}
@@ -771,8 +794,11 @@ def run_query(db: Database, query: Query) -> QueryResult:
     return QueryResult(rows, more)
 
 
-def _representatives(connection: Any, level: QueryLevel, pks: list[int]) -> dict[int, DicomJson]:
-    """The stored JSON of the first instance of each entity."""
+def _representatives(
+    connection: Any, level: QueryLevel, pks: list[int], projects: frozenset[str] | None
+) -> dict[int, DicomJson]:
+    """The stored JSON of the first instance of each entity (of a patient: of its studies
+    in ``projects``, when given)."""
     if not pks:
         return {}
     first = func.min(Instance.id)
@@ -794,6 +820,8 @@ def _representatives(connection: Any, level: QueryLevel, pks: list[int]) -> dict
             .where(StudyPatient.patient_pk.in_(pks))
             .group_by(StudyPatient.patient_pk)
         )
+        if projects is not None:
+            pick = pick.where(in_projects(Series.study_pk, projects))
     owner_of = {instance: owner for owner, instance in connection.execute(pick).all()}
     documents = connection.execute(
         select(Instance.id, Instance.metadata_json).where(Instance.id.in_(list(owner_of)))

@@ -5,6 +5,7 @@ from export.cohorts import CohortInfo, Cohorts, FrozenCohort
 from export.definition import Balance, CohortDefinition, Filters, LabelFilter, Split
 from export.errors import (
     AlreadyFrozenError,
+    CohortNameTakenError,
     CohortNotFoundError,
     DestinationError,
     DiskFullError,
@@ -31,6 +32,7 @@ __all__ = [
     "CatalogLabels",
     "CohortDefinition",
     "CohortInfo",
+    "CohortNameTakenError",
     "CohortNotFoundError",
     "Cohorts",
     "DestinationError",

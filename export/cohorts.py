@@ -1,4 +1,13 @@
-"""Saved cohorts: define (versioned), list, preview, freeze, and read back frozen members."""
+"""Saved cohorts: define (versioned), list, preview, freeze, and read back frozen members.
+
+Projects: a cohort records the projects its studies are chosen from (``Cohort.projects``),
+those of the caller who defined its first version (``None``: every project, for a caller who
+sees them all, such as the operator's CLI). Its selection (preview, freeze, and so the
+export) never holds a study outside them, and only a caller who sees every one of them sees
+the cohort at all: to anyone else it does not exist. Every version of a name shares the
+projects of its first version. Each operation takes the caller's ``projects`` (``None``:
+every project).
+"""
 
 from __future__ import annotations
 
@@ -21,6 +30,7 @@ from config.export import ExportSettings
 from export.definition import CohortDefinition, check_cohort_name, parse_cohort_ref
 from export.errors import (
     AlreadyFrozenError,
+    CohortNameTakenError,
     CohortNotFoundError,
     EmptyCohortError,
     InvalidDefinitionError,
@@ -66,10 +76,17 @@ class CohortInfo:
     manifest_sha256: str | None
     series: int | None = None
     instances: int | None = None
+    projects: tuple[str, ...] | None = None
+    """The projects its studies are chosen from (``None``: every project)."""
 
     @property
     def ref(self) -> str:
         return f"{self.name}@{self.version}"
+
+    @property
+    def scope(self) -> frozenset[str] | None:
+        """The projects its studies are chosen from, as :meth:`Cohorts.select` takes them."""
+        return None if self.projects is None else frozenset(self.projects)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -83,6 +100,7 @@ class CohortInfo:
             "manifest_sha256": self.manifest_sha256,
             "series": self.series,
             "instances": self.instances,
+            "projects": None if self.projects is None else list(self.projects),
         }
 
 
@@ -159,8 +177,16 @@ class Cohorts:
         *,
         description: str = "",
         actor: str,
+        projects: frozenset[str] | None = None,
     ) -> CohortInfo:
-        """Save ``definition`` as the next version of cohort ``name`` (version 1 if new)."""
+        """Save ``definition`` as the next version of cohort ``name`` (version 1 if new,
+        over the caller's ``projects``; a new version keeps the projects of the first).
+
+        Raises
+        ------
+        CohortNameTakenError
+            ``name`` is a cohort over projects the caller does not see.
+        """
         try:
             check_cohort_name(name)
         except ValueError as exc:
@@ -177,13 +203,24 @@ class Cohorts:
         if parsed.seed is None:
             parsed = parsed.model_copy(update={"seed": self.settings.default_seed})
         with self.db.write() as session:
-            latest = session.scalar(select(func.max(Cohort.version)).where(Cohort.name == name))
+            latest = session.scalar(
+                select(Cohort).where(Cohort.name == name).order_by(Cohort.version.desc()).limit(1)
+            )
+            if latest is None:
+                scope = None if projects is None else _dump_projects(projects)
+            elif _visible(latest, projects):
+                scope = latest.projects
+            else:
+                raise CohortNameTakenError(
+                    f"the cohort name {name!r} is taken: choose another name"
+                )
             row = Cohort(
                 name=name,
-                version=(latest or 0) + 1,
+                version=(latest.version if latest else 0) + 1,
                 description=description,
                 definition_json=parsed.model_dump_json(),
                 created_by=actor,
+                projects=scope,
             )
             session.add(row)
             session.flush()
@@ -192,25 +229,32 @@ class Cohorts:
 
     # ---------------------------------------------------------------------------- read
 
-    def get(self, ref: str | int) -> CohortInfo:
-        """A cohort by id, ``name`` (its latest version) or ``name@version``."""
+    def get(self, ref: str | int, projects: frozenset[str] | None = None) -> CohortInfo:
+        """A cohort by id, ``name`` (its latest version) or ``name@version``, as a caller of
+        ``projects`` finds it."""
         with self.db.read() as session:
-            row = _find(session, ref)
+            row = _find(session, ref, projects)
             return _info(row, *_member_counts(session, row))
 
-    def all_versions(self) -> list[CohortInfo]:
-        """Every version of every cohort, by name then version."""
+    def all_versions(self, projects: frozenset[str] | None = None) -> list[CohortInfo]:
+        """Every version of every cohort a caller of ``projects`` sees, by name then
+        version."""
         with self.db.read() as session:
             rows = session.scalars(select(Cohort).order_by(Cohort.name, Cohort.version)).all()
-            return [_info(row, *_member_counts(session, row)) for row in rows]
+            return [
+                _info(row, *_member_counts(session, row)) for row in rows if _visible(row, projects)
+            ]
 
     # ---------------------------------------------------------------------------- resolve
 
-    def select(self, definition: CohortDefinition) -> list[SeriesRow]:
-        """The cohort's series now: filtered, balanced and split as the definition says."""
+    def select(
+        self, definition: CohortDefinition, projects: frozenset[str] | None = None
+    ) -> list[SeriesRow]:
+        """The cohort's series now: filtered, balanced and split as the definition says,
+        among the studies of ``projects`` (``None``: every study)."""
         seed = definition.seed if definition.seed is not None else self.settings.default_seed
         with self.db.read() as session:
-            rows = resolve(session, definition, self.labels, self.matcher)
+            rows = resolve(session, definition, self.labels, self.matcher, projects)
         if definition.balance is not None:
             rows = balance(rows, definition.balance, seed)
         if definition.split is not None:
@@ -218,12 +262,18 @@ class Cohorts:
             rows = split(rows, fractions, definition.split_by(), seed)
         return rows
 
-    def preview(self, subject: str | int | Mapping[str, Any] | CohortDefinition) -> dict[str, Any]:
-        """Counts of what the cohort holds now (or holds, once frozen), nothing copied."""
+    def preview(
+        self,
+        subject: str | int | Mapping[str, Any] | CohortDefinition,
+        projects: frozenset[str] | None = None,
+    ) -> dict[str, Any]:
+        """Counts of what the cohort holds now (or holds, once frozen), nothing copied; of
+        an unsaved definition, over the caller's ``projects``."""
         if isinstance(subject, str | int):
-            info = self.get(subject)
+            info = self.get(subject, projects)
+            scope = info.scope
             if info.frozen_at is not None:
-                frozen = self.frozen(subject)
+                frozen = self.frozen(subject, projects)
                 return {
                     "cohort": info.ref,
                     "frozen": True,
@@ -234,14 +284,18 @@ class Cohorts:
         else:
             definition = self.parse(subject)
             head = {"cohort": None, "frozen": False}
-        rows = self.select(definition)
+            scope = projects
+        rows = self.select(definition, scope)
         views = [_row_json(row) for row in rows]
         return {**head, **_summary(views, self.settings.age_bin_years)}
 
     # ---------------------------------------------------------------------------- freeze
 
-    def freeze(self, ref: str | int, *, actor: str) -> CohortInfo:
-        """Pin the cohort's series and instances now, with the hash of its manifest.
+    def freeze(
+        self, ref: str | int, *, actor: str, projects: frozenset[str] | None = None
+    ) -> CohortInfo:
+        """Pin the cohort's series and instances now (of its projects' studies), with the
+        hash of its manifest.
 
         Raises
         ------
@@ -250,13 +304,13 @@ class Cohorts:
         EmptyCohortError
             The filters match no series.
         """
-        info = self.get(ref)
+        info = self.get(ref, projects)
         if info.frozen_at is not None:
             raise AlreadyFrozenError(
                 f"cohort {info.ref} is already frozen (manifest {info.manifest_sha256}); "
                 f"define it again to make version {info.version + 1}"
             )
-        rows = self.select(info.definition)
+        rows = self.select(info.definition, info.scope)
         if not rows:
             raise EmptyCohortError(
                 f"cohort {info.ref} matches no series: nothing to freeze "
@@ -282,10 +336,10 @@ class Cohorts:
             session.flush()
             return _info(cohort, len(series_rows), len(instance_rows))
 
-    def frozen(self, ref: str | int) -> FrozenCohort:
+    def frozen(self, ref: str | int, projects: frozenset[str] | None = None) -> FrozenCohort:
         """A frozen cohort's members (series) and what the freeze recorded."""
         with self.db.read() as session:
-            cohort = _find(session, ref)
+            cohort = _find(session, ref, projects)
             if cohort.frozen_at is None or cohort.frozen_json is None:
                 raise NotFrozenError(
                     f"cohort {cohort.name}@{cohort.version} is not frozen: run "
@@ -621,7 +675,24 @@ def _bin_start(label: str) -> int:
     return int(label.split("-")[0]) if label[0].isdigit() else 0
 
 
-def _find(session: Session, ref: str | int) -> Cohort:
+def _dump_projects(projects: frozenset[str]) -> str:
+    return json.dumps(sorted(projects))
+
+
+def _projects_of(row: Cohort) -> tuple[str, ...] | None:
+    return None if row.projects is None else tuple(json.loads(row.projects))
+
+
+def _visible(row: Cohort, projects: frozenset[str] | None) -> bool:
+    """Whether a caller of ``projects`` (``None``: every project) sees the cohort: they
+    see every project it is over."""
+    if projects is None:
+        return True
+    mine = _projects_of(row)
+    return mine is not None and projects.issuperset(mine)
+
+
+def _find(session: Session, ref: str | int, projects: frozenset[str] | None) -> Cohort:
     wanted = parse_cohort_ref(ref)
     if wanted.id is not None:
         row = session.get(Cohort, wanted.id)
@@ -636,7 +707,7 @@ def _find(session: Session, ref: str | int) -> Cohort:
             .order_by(Cohort.version.desc())
             .limit(1)
         )
-    if row is None:
+    if row is None or not _visible(row, projects):
         raise CohortNotFoundError(f"no cohort {str(ref)!r} (pacsnode cohort list shows them)")
     return row
 
@@ -677,6 +748,7 @@ def _info(row: Cohort, series: int | None = None, instances: int | None = None) 
         manifest_sha256=row.manifest_sha256,
         series=series,
         instances=instances,
+        projects=_projects_of(row),
     )
 
 

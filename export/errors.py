@@ -15,6 +15,10 @@ class InvalidDefinitionError(ExportError, ValueError):
     """The definition names an unknown label task, class or sequence, or is malformed."""
 
 
+class CohortNameTakenError(ExportError):
+    """The name belongs to a cohort over projects the caller does not see."""
+
+
 class EmptyCohortError(ExportError):
     """The cohort matches no series: there is nothing to freeze or export."""
 

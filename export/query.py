@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from catalog import normalize
 from catalog.models import Patient, Series, Study
+from catalog.projects import in_projects
 from export.definition import CohortDefinition, Filters
 from export.errors import InvalidDefinitionError
 from export.labels import LabelSource, LabelTask, StudyLabel
@@ -103,15 +104,18 @@ def resolve(
     definition: CohortDefinition,
     labels: LabelSource,
     matcher: SequenceMatcher,
+    projects: frozenset[str] | None = None,
 ) -> list[SeriesRow]:
-    """Every series matching ``definition.filters``, ordered by patient, study and series.
+    """Every series matching ``definition.filters`` (of a study of ``projects`` when
+    given), ordered by patient, study and series.
 
     Each row carries the labels of every known task, not only of those the filters name.
     """
     filters = definition.filters
     tasks = sorted(set(labels.tasks()) | set(definition.label_tasks()))
     sequences = {matcher.family_named(s) for s in filters.sequences}
-    rows = [row for row in _candidates(session, filters, matcher) if _keep(row, filters, sequences)]
+    candidates = _candidates(session, filters, matcher, projects)
+    rows = [row for row in candidates if _keep(row, filters, sequences)]
     if not tasks:
         return rows
     found: dict[str, Sequence[StudyLabel]] = {}
@@ -126,9 +130,15 @@ def resolve(
 
 
 def _candidates(
-    session: Session, filters: Filters, matcher: SequenceMatcher
+    session: Session,
+    filters: Filters,
+    matcher: SequenceMatcher,
+    projects: frozenset[str] | None,
 ) -> Iterator[SeriesRow]:
-    for r in session.execute(_select(filters)):
+    query = _select(filters)
+    if projects is not None:
+        query = query.where(in_projects(Study.id, projects))
+    for r in session.execute(query):
         yield SeriesRow(
             series_pk=r.series_pk,
             series_uid=r.series_instance_uid,

@@ -135,10 +135,13 @@ class Exporter:
             )
         raise ExportError(f"unknown format {format_name!r}: use one of {', '.join(FORMATS)}")
 
-    def prepare(self, ref: str | int, format_name: str) -> tuple[FrozenCohort, Writer]:
-        """The frozen cohort and the writer; raises before anything is written."""
+    def prepare(
+        self, ref: str | int, format_name: str, projects: frozenset[str] | None = None
+    ) -> tuple[FrozenCohort, Writer]:
+        """The frozen cohort (as a caller of ``projects`` finds it) and the writer; raises
+        before anything is written."""
         writer = self.writer(format_name)
-        cohort = self.cohorts.frozen(ref)
+        cohort = self.cohorts.frozen(ref, projects)
         if not self.cohorts.verify_hash(cohort):
             raise FrozenDataChangedError(
                 f"the frozen members of cohort {cohort.info.ref} no longer give the manifest "
@@ -221,9 +224,17 @@ class Exporter:
 
     # ------------------------------------------------------------------------- zip
 
-    def to_zip(self, ref: str | int, format_name: str, *, actor: str) -> ZipDownload:
-        """A zip of the export, produced while it is read; checks run before it starts."""
-        cohort, writer = self.prepare(ref, format_name)
+    def to_zip(
+        self,
+        ref: str | int,
+        format_name: str,
+        *,
+        actor: str,
+        projects: frozenset[str] | None = None,
+    ) -> ZipDownload:
+        """A zip of the export for a caller of ``projects`` (a cohort they do not see does
+        not exist), produced while it is read; checks run before it starts."""
+        cohort, writer = self.prepare(ref, format_name, projects)
         run_id = self._start(cohort, format_name, "download", actor)
         frozen_at = cohort.info.frozen_at or utcnow()
         stream = ZipStream(frozen_at.timetuple()[:6])

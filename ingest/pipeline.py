@@ -194,10 +194,13 @@ class Ingestor:
             data = stream.read()
         dataset = parse(data)
         result = _result(dataset, source, len(data))
+        new_study_projects = held.new_study_projects
+        if not (held.projects or new_study_projects):  # held before projects existed
+            new_study_projects = self.projects.default_only
         record = replace(
             _record(dataset, result, held.method, held.reason),
             projects=held.projects,
-            new_study_projects=held.new_study_projects or self.projects.default_only,
+            new_study_projects=new_study_projects,
         )
         blob = BlobRef(key=held.blob_key, sha256=held.sha256, size=held.size)
         content = content_sha256(dataset, record.metadata_json)

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from catalog import Database
 from catalog.models import Report, ReportLabel, ReportLink, Study
+from catalog.projects import in_projects
 from config.labeling import LabelingSettings
 from deid import Vault, VaultRecord
 from labeling.extract import Extractor
@@ -102,8 +103,15 @@ class ReportIntake:
             pseudonyms.accession_number, ("", settings.issuer_of_accession_number)
         )
 
-    def accept(self, incoming: IncomingReport, door: Door) -> IntakeResult:
-        """De-identify, label, store and link one report; a resend is a duplicate."""
+    def accept(
+        self, incoming: IncomingReport, door: Door, projects: frozenset[str] | None = None
+    ) -> IntakeResult:
+        """De-identify, label, store and link one report; a resend is a duplicate.
+
+        The report links to its studies whoever sent it (it is visible through them); the
+        result names only the linked studies of the sender's ``projects`` (``None``: all),
+        so a scoped sender learns nothing of another project's studies.
+        """
         report = self._prepare(incoming, door)
         labels = self.extractor.extract(report.text, report.report_type)
         if self.vault is not None:
@@ -114,13 +122,13 @@ class ReportIntake:
                     select(Report).where(Report.content_sha256 == report.content_sha256)
                 )
                 if existing is not None:
-                    return self._result(session, existing, duplicate=True)
+                    return self._result(session, existing, projects, duplicate=True)
                 session.add(report)
                 session.flush()
                 store_report_labels(session, report, labels.values(), self.tasks)
                 for study_pk in relink(session, report, self.settings, self.placeholder_accessions):
                     refresh_study_labels(session, study_pk, self.tasks)
-                result = self._result(session, report, duplicate=False)
+                result = self._result(session, report, projects, duplicate=False)
         except IntegrityError:
             # the same report, stored by another thread or node a moment ago
             with self.db.read() as session:
@@ -129,7 +137,7 @@ class ReportIntake:
                 )
                 if existing is None:
                     raise ReportStoreError("catalog refused the report") from None
-                return self._result(session, existing, duplicate=True)
+                return self._result(session, existing, projects, duplicate=True)
         except SQLAlchemyError as exc:
             raise ReportStoreError(f"catalog unavailable ({type(exc).__name__})") from None
         log.info(
@@ -286,12 +294,17 @@ class ReportIntake:
         )
 
     @staticmethod
-    def _result(session: Session, report: Report, *, duplicate: bool) -> IntakeResult:
-        rows = session.execute(
+    def _result(
+        session: Session, report: Report, projects: frozenset[str] | None, *, duplicate: bool
+    ) -> IntakeResult:
+        links = (
             select(Study.study_instance_uid, ReportLink.method, ReportLink.confidence)
             .join(ReportLink, ReportLink.study_pk == Study.id)
             .where(ReportLink.report_pk == report.id)
-        ).all()
+        )
+        if projects is not None:
+            links = links.where(in_projects(Study.id, projects))
+        rows = session.execute(links).all()
         labels = {
             label.task: label.effective_value
             for label in session.scalars(

@@ -15,6 +15,11 @@ per-patient offset, so no original is needed.
 Links of kinds 2 and 3 are guesses: they are recomputed when a better study arrives, and
 dropped once the report's accession study arrives.
 
+A report has no projects of its own: it belongs to the projects of the studies it is linked
+to (:func:`linked_in_projects`), whichever door it came through, and is visible to a caller
+scoped to projects only through such a study (an unlinked report only to callers who see
+every project).
+
 A placeholder accession number (``0``, ``000``, ``N/A``, ``UNKNOWN``, empty: see
 :mod:`deid.placeholders`) never links: unrelated exams share it. A report's is dropped at
 intake (:func:`accession_key`, where the original is known); a study's arrives as a
@@ -28,10 +33,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import ColumnElement, delete, exists, select
 from sqlalchemy.orm import Session
 
 from catalog.models import Patient, Report, ReportLink, Study
+from catalog.projects import in_projects
 from config.labeling import LabelingSettings
 from deid.placeholders import common_placeholders, is_placeholder
 
@@ -48,6 +54,14 @@ class Candidate:
     method: str
     confidence: float
     days_apart: int | None
+
+
+def linked_in_projects(report_pk: object, projects: frozenset[str]) -> ColumnElement[bool]:
+    """Whether the report ``report_pk`` (a column or value) is linked to a study of one of
+    ``projects``: whether a caller of those projects sees it."""
+    return exists().where(
+        ReportLink.report_pk == report_pk, in_projects(ReportLink.study_pk, projects)
+    )
 
 
 def accession_key(original: str | None) -> str:

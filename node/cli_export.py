@@ -437,7 +437,7 @@ def _list_row(info: CohortInfo) -> list[str]:
 
 SHOWN_KEYS = frozenset(
     {"id", "name", "version", "description", "definition", "created_at", "frozen_at"}
-    | {"manifest_sha256", "series", "instances"}
+    | {"manifest_sha256", "series", "instances", "projects"}
 )
 """The keys of ``pacsnode cohort show --json`` around its ``definition``."""
 

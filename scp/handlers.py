@@ -19,11 +19,13 @@ log = logging.getLogger(__name__)
 def source_of(assoc: Association) -> Source:
     """Where an association comes from (the per-connection session of dcm4chee)."""
     requestor = assoc.requestor
+    # the AE title the peer called (its A-ASSOCIATE-RQ): acceptor.ae_title is the node's own
+    request = requestor.primitive
     return Source(
         door="dimse",
         remote=f"{requestor.address}:{requestor.port}",
         calling_aet=requestor.ae_title,
-        called_aet=assoc.acceptor.ae_title,
+        called_aet=request.called_ae_title if request is not None else assoc.acceptor.ae_title,
     )
 
 
