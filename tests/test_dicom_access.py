@@ -141,6 +141,12 @@ class Node:
     def stored_study(self, calling: str) -> str:
         return self.core.pseudonymizer.uid(sample(FILES[calling]).StudyInstanceUID)
 
+    def stored_patient(self, calling: str) -> str:
+        sent = sample(FILES[calling])
+        return self.core.pseudonymizer.patient_id(
+            sent.PatientID, sent.get("IssuerOfPatientID") or ""
+        )
+
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
@@ -329,18 +335,25 @@ def test_the_overall_limit_counts_every_calling_ae_title(tmp_path: Path) -> None
 # ------------------------------------------------------------------------------ projects
 
 
-def find_studies(
-    port: int, calling: str, model: str = StudyRootQueryRetrieveInformationModelFind
+def find(
+    port: int,
+    calling: str,
+    level: str = "STUDY",
+    model: str = StudyRootQueryRetrieveInformationModelFind,
 ) -> set[str]:
+    """The Study Instance UIDs (Patient IDs at PATIENT level) a C-FIND of ``calling`` gets."""
     assoc = associate(port, calling)
     assert assoc.is_established
+    key = "PatientID" if level == "PATIENT" else "StudyInstanceUID"
     query = Dataset()
-    query.QueryRetrieveLevel = "STUDY"
-    query.StudyInstanceUID = ""
+    query.QueryRetrieveLevel = level
     query.PatientID = ""
+    query.StudyInstanceUID = ""
+    if level == "PATIENT":
+        del query.StudyInstanceUID
     try:
         found = {
-            str(identifier.StudyInstanceUID)
+            str(identifier.get(key))
             for status, identifier in assoc.send_c_find(query, model)
             if status and status.Status == 0xFF00
         }
@@ -352,13 +365,14 @@ def find_studies(
 @pytest.mark.slow
 def test_c_find_matches_only_the_projects_of_the_calling_ae_title(node: Node) -> None:
     studies = {calling: node.stored_study(calling) for calling in FILES}
+    patients = {calling: node.stored_patient(calling) for calling in FILES}
+    patient_root = PatientRootQueryRetrieveInformationModelFind
     for calling, study in studies.items():
-        assert find_studies(node.port, calling) == {study}, calling
-        patient_root = find_studies(
-            node.port, calling, PatientRootQueryRetrieveInformationModelFind
-        )
-        assert patient_root == {study}, calling
-    assert find_studies(node.port, "ANYWHERE") == set(studies.values())
+        assert find(node.port, calling) == {study}, calling
+        assert find(node.port, calling, "STUDY", patient_root) == {study}, calling
+        assert find(node.port, calling, "PATIENT", patient_root) == {patients[calling]}, calling
+    assert find(node.port, "ANYWHERE") == set(studies.values())
+    assert find(node.port, "ANYWHERE", "PATIENT", patient_root) == set(patients.values())
 
 
 @pytest.mark.slow
@@ -453,8 +467,8 @@ def test_storage_commitment_of_another_projects_instance_is_no_such_instance(nod
 @pytest.mark.slow
 def test_a_new_study_no_rule_places_joins_the_projects_of_its_sender(node: Node) -> None:
     gamma = node.stored_study("CT_C")
-    assert find_studies(node.port, "CT_C") == {gamma}
-    assert gamma not in find_studies(node.port, "CT_A")
+    assert find(node.port, "CT_C") == {gamma}
+    assert gamma not in find(node.port, "CT_A")
 
 
 # ------------------------------------------------------------------- every DIMSE service
