@@ -21,6 +21,7 @@ from pydantic_settings import (
 from config.access import AccessSettings
 from config.aetitle import check_ae_title
 from config.deid import DeidSettings
+from config.dicom_access import CallingAE, DicomTlsSettings
 from config.dicomweb import DicomwebSettings
 from config.export import ExportSettings
 from config.https import HttpsSettings
@@ -86,9 +87,13 @@ class Settings(BaseSettings):
         ),
     )
     dicom_port: int = Field(11112, ge=0, le=65535, description="DICOM (DIMSE) port.")
-    allowed_calling_aets: list[str] = Field(
+    allowed_calling_aets: list[CallingAE] = Field(
         default_factory=list,
-        description="Calling AE titles allowed to associate. Empty: any AE may associate.",
+        description=(
+            "Calling AE titles allowed to associate (on the plain and the TLS port): AE titles, "
+            "or entries {ae_title, hosts, max_associations, projects, require_tls}. Empty: any "
+            "AE may associate and sees every project."
+        ),
     )
     require_called_aet: bool = Field(
         True,
@@ -168,6 +173,7 @@ class Settings(BaseSettings):
     export: ExportSettings = Field(default_factory=ExportSettings)
     imports: ImportSettings = Field(default_factory=ImportSettings)
     access: AccessSettings = Field(default_factory=lambda: AccessSettings.model_validate({}))
+    dicom_tls: DicomTlsSettings = Field(default_factory=lambda: DicomTlsSettings.model_validate({}))
 
     @field_validator("ae_title")
     @classmethod
@@ -176,13 +182,25 @@ class Settings(BaseSettings):
 
     @field_validator("allowed_calling_aets")
     @classmethod
-    def _check_calling_aets(cls, values: list[str]) -> list[str]:
-        return [check_ae_title(v) for v in values]
+    def _unique_calling_aets(cls, entries: list[CallingAE]) -> list[CallingAE]:
+        titles = [entry.ae_title for entry in entries]
+        duplicated = sorted({t for t in titles if titles.count(t) > 1})
+        if duplicated:
+            raise ValueError(
+                f"allowed_calling_aets lists {', '.join(duplicated)} twice: give one entry per "
+                "AE title, with all its hosts"
+            )
+        return entries
 
     @model_validator(mode="after")
     def _refuse_open_listeners(self) -> Settings:
         """A listener beyond loopback needs a way to tell callers apart: the node would
-        otherwise serve the archive to anyone on the network."""
+        otherwise serve the archive to anyone on the network.
+
+        The DICOM ports tell callers apart by ``allowed_calling_aets``, the TLS port also by
+        client certificates when it requires them. An entry without hosts trusts the AE title
+        alone, which anyone can send: the node starts, and warns (:mod:`scp.peers`).
+        """
         problems = []
         if self.http_host not in LOOPBACK_HOSTS and not self.access.enabled:
             problems.append(
@@ -192,7 +210,19 @@ class Settings(BaseSettings):
         if self.dicom_host not in LOOPBACK_HOSTS and not self.allowed_calling_aets:
             problems.append(
                 f"dicom_host {self.dicom_host!r} is not a loopback address and any AE may "
-                "associate: set allowed_calling_aets"
+                "associate: set allowed_calling_aets (AE titles with their hosts)"
+            )
+        tls = self.dicom_tls
+        if (
+            tls.enabled
+            and tls.host not in LOOPBACK_HOSTS
+            and not tls.require_client_certificate
+            and not self.allowed_calling_aets
+        ):
+            problems.append(
+                f"dicom_tls.host {tls.host!r} is not a loopback address and any AE may "
+                "associate over TLS: set dicom_tls.require_client_certificate or "
+                "allowed_calling_aets"
             )
         labeling = self.labeling
         if (

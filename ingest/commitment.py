@@ -73,9 +73,15 @@ class CommitmentResult:
 
 
 def check_commitment(
-    ingestor: Ingestor, references: Sequence[Reference], source: Source
+    ingestor: Ingestor,
+    references: Sequence[Reference],
+    source: Source,
+    *,
+    projects: frozenset[str] | None = None,
 ) -> CommitmentResult:
-    """Whether the archive holds each of ``references``, as ingest stored it.
+    """Whether the archive holds each of ``references``, as ingest stored it, in a study of
+    ``projects`` (``None``: any study; an instance of another project is no such instance:
+    the requester must not learn it exists).
 
     Never raises: a catalog that cannot answer fails every reference with
     :attr:`FailureReason.PROCESSING_FAILURE`. The check is recorded in the audit trail.
@@ -83,7 +89,7 @@ def check_commitment(
     requester = source.calling_aet or source.remote
     stored_uids = [ingestor.deid.stored_uid(ref.sop_instance_uid) for ref in references]
     try:
-        found = _locate(ingestor, stored_uids)
+        found = _locate(ingestor, stored_uids, projects)
     except SQLAlchemyError as exc:
         log.error(
             "storage commitment for %s (%s): catalog unavailable (%s)",
@@ -116,11 +122,14 @@ def check_commitment(
     return result
 
 
-def _locate(ingestor: Ingestor, stored_uids: list[str]) -> dict[str, StoredInstance]:
+def _locate(
+    ingestor: Ingestor, stored_uids: list[str], projects: frozenset[str] | None
+) -> dict[str, StoredInstance]:
     if not stored_uids:
         return {}
     keys = RetrieveKeys(sop_instance_uids=tuple(dict.fromkeys(stored_uids)))
-    return {i.sop_instance_uid: i for i in locate_keys(ingestor.catalog.db, keys)}
+    found = locate_keys(ingestor.catalog.db, keys, projects=projects)
+    return {i.sop_instance_uid: i for i in found}
 
 
 def _failure(

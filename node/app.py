@@ -347,6 +347,13 @@ class Node:
             http_socket.close()
             dicom_address = listeners.DICOM.address(self.settings)
             raise listeners.ListenerError(listeners.DICOM, *dicom_address, exc) from None
+        try:
+            self.dicom.start_tls()
+        except OSError as exc:
+            self.dicom.stop(grace=0)
+            http_socket.close()
+            tls_address = listeners.DICOM_TLS.address(self.settings)
+            raise listeners.ListenerError(listeners.DICOM_TLS, *tls_address, exc) from None
         if self.mllp is not None:
             try:
                 self.mllp.start()

@@ -1,4 +1,4 @@
-"""The node's three listeners (DICOM, HTTP, MLLP): where each is configured, and an error
+"""The node's listeners (DICOM, DICOM TLS, HTTP, MLLP): where each is configured, and an error
 that says which one could not listen, on which address, and how to move it."""
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ class Listener:
     name: str
     host_setting: str
     port_setting: str
+    cli_options: bool = True
+    """Whether ``serve`` has options named after the settings (``--dicom-port``)."""
 
     def address(self, settings: Settings) -> tuple[str, int]:
         return str(_setting(settings, self.host_setting)), int(
@@ -26,6 +28,7 @@ class Listener:
 
 
 DICOM: Final = Listener("DICOM", "dicom_host", "dicom_port")
+DICOM_TLS: Final = Listener("DICOM TLS", "dicom_tls.host", "dicom_tls.port", cli_options=False)
 HTTP: Final = Listener("HTTP", "http_host", "http_port")
 MLLP: Final = Listener("MLLP (HL7 v2)", "labeling.mllp_host", "labeling.mllp_port")
 
@@ -43,8 +46,8 @@ class ListenerError(RuntimeError):
         }.get(cause.errno or 0, (cause.strerror or type(cause).__name__).lower())
         super().__init__(
             f"the {listener.name} listener cannot listen on {host}:{port}: {why}. "
-            f"Choose another port with {_ways(listener.port_setting)}, "
-            f"or another address with {_ways(listener.host_setting)}"
+            f"Choose another port with {_ways(listener.port_setting, listener.cli_options)}, "
+            f"or another address with {_ways(listener.host_setting, listener.cli_options)}"
         )
         self.listener = listener
 
@@ -63,9 +66,11 @@ def bind_tcp(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _ways(setting: str) -> str:
+def _ways(setting: str, cli_options: bool) -> str:
     option = "--" + setting.rpartition(".")[2].replace("_", "-")
     env = "PACSNODE_" + setting.upper().replace(".", "__")
+    if not cli_options:
+        return f"{env} ({setting} in the config file)"
     return f"{option} or {env} ({setting} in the config file)"
 
 

@@ -1,6 +1,6 @@
 """The node's Application Entity: C-ECHO, C-STORE for every storage SOP class,
 Query/Retrieve (C-FIND, C-MOVE, C-GET) in the Patient Root and Study Root models, and
-Storage Commitment (Push Model)."""
+Storage Commitment (Push Model), on the DICOM port and, when configured, a DICOM TLS port."""
 
 from __future__ import annotations
 
@@ -30,8 +30,9 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from config import Settings
 from ingest import Ingestor
-from scp import find, handlers, retrieve
+from scp import find, handlers, retrieve, tls
 from scp.commitment import StorageCommitmentSCP
+from scp.peers import Peers
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +44,13 @@ EventHandler = (
 _NO_PYNETDICOM_LIMIT = 1 << 20
 """pynetdicom counts every connection against its association limit, also one that never
 sent an A-ASSOCIATE-RQ; the node applies ``max_associations`` itself
-(:func:`scp.handlers.handle_requested`) and sets pynetdicom's out of reach."""
+(:meth:`scp.peers.Peers.admit`) and sets pynetdicom's out of reach."""
 
 
 class DicomServer:
-    """The DIMSE side of a node: an AE listening on the configured port.
+    """The DIMSE side of a node: an AE listening on the DICOM port and, with
+    ``dicom_tls.enabled``, on the DICOM TLS port (one AE: ``max_associations`` and the
+    per-AE limits count both).
 
     A connection must complete association negotiation within ``acse_timeout`` seconds, and
     an aborted association (e.g. after ``network_timeout``) must be gone ``acse_timeout``
@@ -62,17 +65,23 @@ class DicomServer:
         db, blobs = ingestor.catalog.db, ingestor.blobs
         self.settings = settings
         self.ae = build_ae(settings)
-        self.commitment = StorageCommitmentSCP(ingestor, settings)
+        self.peers = Peers(settings)
+        self.commitment = StorageCommitmentSCP(ingestor, settings, self.peers)
+        self._tls_context = (
+            tls.server_context(settings.dicom_tls, handshake_timeout=settings.acse_timeout)
+            if settings.dicom_tls.enabled
+            else None
+        )
         self._handlers: list[EventHandler] = [
             (evt.EVT_C_ECHO, handlers.handle_echo),
-            (evt.EVT_C_STORE, handlers.handle_store, [ingestor]),
-            (evt.EVT_C_FIND, find.handle_find, [db, settings]),
-            (evt.EVT_C_MOVE, retrieve.handle_move, [db, blobs, settings.qr]),
-            (evt.EVT_C_GET, retrieve.handle_get, [db, blobs]),
+            (evt.EVT_C_STORE, handlers.handle_store, [ingestor, self.peers]),
+            (evt.EVT_C_FIND, find.handle_find, [db, settings, self.peers]),
+            (evt.EVT_C_MOVE, retrieve.handle_move, [db, blobs, settings.qr, self.peers]),
+            (evt.EVT_C_GET, retrieve.handle_get, [db, blobs, self.peers]),
             (evt.EVT_N_ACTION, self.commitment.handle_n_action),
             (evt.EVT_CONN_OPEN, self._opened),
             (evt.EVT_ESTABLISHED, self._established),
-            (evt.EVT_REQUESTED, handlers.handle_requested, [settings.max_associations]),
+            (evt.EVT_REQUESTED, self.peers.handle_requested),
             (evt.EVT_ACCEPTED, handlers.handle_accepted),
             (evt.EVT_REJECTED, handlers.handle_rejected),
             (evt.EVT_RELEASED, handlers.handle_released),
@@ -80,6 +89,7 @@ class DicomServer:
             (evt.EVT_ABORTED, self._aborted),
         ]
         self._server: ThreadedAssociationServer | None = None
+        self._tls_server: ThreadedAssociationServer | None = None
         self._deadlines: weakref.WeakKeyDictionary[Association, tuple[float, str]] = (
             weakref.WeakKeyDictionary()
         )
@@ -94,14 +104,56 @@ class DicomServer:
             raise RuntimeError("DICOM server not started")
         return int(self._server.server_address[1])
 
+    @property
+    def tls_port(self) -> int:
+        """The bound DICOM TLS port."""
+        if self._tls_server is None:
+            raise RuntimeError("DICOM TLS server not started")
+        return int(self._tls_server.server_address[1])
+
     def start(self) -> None:
+        """Listen on the DICOM port (``OSError`` when its address cannot be had)."""
         address = (self.settings.dicom_host, self.settings.dicom_port)
         self._server = self.ae.start_server(address, block=False, evt_handlers=self._handlers)
         self._reaper.start()
         log.info("DICOM AE %s listening on %s:%s", self.settings.ae_title, address[0], self.port)
+        self._warn_unbound(self.settings.dicom_host, tls_authenticates=False)
+
+    def start_tls(self) -> None:
+        """Listen on the DICOM TLS port, when configured (after :meth:`start`; ``OSError``
+        when its address cannot be had).
+
+        The handshake runs in each connection's thread (:func:`scp.tls.handshake`), after
+        the connection's ``acse_timeout`` deadline is set (:meth:`_opened`).
+        """
+        if self._tls_context is None:
+            return
+        config = self.settings.dicom_tls
+        self._tls_server = self.ae.start_server(
+            (config.host, config.port),
+            block=False,
+            ssl_context=self._tls_context,
+            evt_handlers=[*self._handlers, (evt.EVT_CONN_OPEN, tls.handshake)],
+        )
+        log.info(
+            "DICOM AE %s listening for TLS on %s:%s (client certificates %s)",
+            self.settings.ae_title,
+            config.host,
+            self.tls_port,
+            "required" if config.require_client_certificate else "not required",
+        )
+        self._warn_unbound(config.host, tls_authenticates=config.require_client_certificate)
+
+    def _warn_unbound(self, host: str, *, tls_authenticates: bool) -> None:
+        warning = self.peers.unbound_warning(host, certificates=tls_authenticates)
+        if warning:
+            log.warning(warning)
 
     def active_associations(self) -> int:
-        return len(self._server.active_associations) if self._server else 0
+        return sum(len(s.active_associations) for s in self._servers())
+
+    def _servers(self) -> list[ThreadedAssociationServer]:
+        return [s for s in (self._server, self._tls_server) if s is not None]
 
     def stop(self, grace: float) -> None:
         """Stop listening, let running associations finish for ``grace`` s, abort the rest.
@@ -109,14 +161,16 @@ class DicomServer:
         An aborted association gets no further responses: an instance whose C-STORE response
         was not sent is one the peer knows it must send again.
         """
-        server, self._server = self._server, None
-        if server is None:
+        servers = self._servers()
+        self._server = self._tls_server = None
+        if not servers:
             return
-        server.shutdown()
+        for server in servers:
+            server.shutdown()
         deadline = time.monotonic() + grace
-        while server.active_associations and time.monotonic() < deadline:
+        while any(s.active_associations for s in servers) and time.monotonic() < deadline:
             time.sleep(0.05)
-        remaining = server.active_associations
+        remaining = [assoc for s in servers for assoc in s.active_associations]
         for assoc in remaining:  # closed by the reaper if the peer holds them open
             self._watch(assoc, "not gone %g s after the abort at shutdown (acse_timeout)")
         for assoc in remaining:
@@ -199,8 +253,7 @@ def build_ae(settings: Settings) -> AE:
     ae.network_timeout = settings.network_timeout
     ae.acse_timeout = settings.acse_timeout
     ae.maximum_associations = _NO_PYNETDICOM_LIMIT
-    ae.require_called_aet = settings.require_called_aet
-    ae.require_calling_aet = list(settings.allowed_calling_aets)
+    ae.require_called_aet = settings.require_called_aet  # calling AE: scp.peers
     ae.add_supported_context(Verification)
     for model in QUERY_RETRIEVE_MODELS:
         ae.add_supported_context(model)

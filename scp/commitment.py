@@ -37,6 +37,7 @@ from ingest import Ingestor, Source
 from ingest.commitment import CommitmentResult, Reference, check_commitment
 from scp.handlers import source_of
 from scp.outbound import on_connection_open
+from scp.peers import Peers
 
 log = logging.getLogger(__name__)
 
@@ -172,12 +173,18 @@ class StorageCommitmentSCP:
         The pipeline that stored the instances (its catalog, blobs and de-identifier).
     settings
         The node's AE title and ``[qr]``: destinations and the commitment settings.
+    peers
+        The projects each calling AE title sees: an instance of another project is one the
+        archive does not hold, for that AE.
     workers
         Checks and reports running at once; further transactions wait their turn.
     """
 
-    def __init__(self, ingestor: Ingestor, settings: Settings, workers: int = 2) -> None:
+    def __init__(
+        self, ingestor: Ingestor, settings: Settings, peers: Peers, workers: int = 2
+    ) -> None:
         self.ingestor = ingestor
+        self.peers = peers
         self.ae_title = settings.ae_title
         self.qr: QueryRetrieveSettings = settings.qr
         self._workers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="commitment")
@@ -226,7 +233,8 @@ class StorageCommitmentSCP:
         answered_at: float,
     ) -> None:
         try:
-            result = check_commitment(self.ingestor, references, source)
+            projects = self.peers.projects(source.calling_aet or "")
+            result = check_commitment(self.ingestor, references, source, projects=projects)
             event_type, report = event_report(transaction_uid, result)
             if self.qr.commitment_same_association and self._report_on(
                 assoc, event_type, report, answered_at

@@ -9,6 +9,7 @@ instances arrived in).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ from catalog.query import ATTRIBUTES, QueryError, QueryLevel, parse_query, resol
 from config import Settings
 from scp.handlers import source_of
 from scp.outbound import set_nodelay
+from scp.peers import Peers
 from scp.retrieve import PATIENT_ROOT_MODELS, IdentifierError, query_retrieve_level
 from scp.status import QueryRetrieveStatus, status_dataset
 
@@ -107,8 +109,11 @@ def _text(element: DataElement) -> str | list[str]:
     return str(value)
 
 
-def handle_find(event: Event, db: Database, settings: Settings) -> Iterator[tuple[Any, Any]]:
-    """``evt.EVT_C_FIND``: answer from the catalog, one pending response per match."""
+def handle_find(
+    event: Event, db: Database, settings: Settings, peers: Peers
+) -> Iterator[tuple[Any, Any]]:
+    """``evt.EVT_C_FIND``: answer from the catalog, one pending response per match; only
+    studies of the projects the calling AE title sees match."""
     peer = source_of(event.assoc)
     started = time.perf_counter()
     patient_root = event.request.AffectedSOPClassUID in PATIENT_ROOT_MODELS
@@ -116,6 +121,7 @@ def handle_find(event: Event, db: Database, settings: Settings) -> Iterator[tupl
     try:
         request = read_identifier(event.identifier, patient_root)
         query = parse_query(request.level, request.keys, include=request.sequences, limit=limit)
+        query = dataclasses.replace(query, projects=peers.projects(peer.calling_aet or ""))
         unsupported = [key for key in query.unsupported if request.keys.get(key)]
         if unsupported:
             raise IdentifierError(

@@ -11,13 +11,16 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
 from ingest import Expected, Ingestor, Source
+from scp.peers import Peers, log_rejection
 from scp.status import store_response
+from scp.tls import is_tls
 
 log = logging.getLogger(__name__)
 
 
-def source_of(assoc: Association) -> Source:
-    """Where an association comes from (the per-connection session of dcm4chee)."""
+def source_of(assoc: Association, projects: tuple[str, ...] = ()) -> Source:
+    """Where an association comes from (the per-connection session of dcm4chee);
+    ``projects`` are those its calling AE title's new studies join (``scp.peers``)."""
     requestor = assoc.requestor
     # the AE title the peer called (its A-ASSOCIATE-RQ): acceptor.ae_title is the node's own
     request = requestor.primitive
@@ -26,6 +29,7 @@ def source_of(assoc: Association) -> Source:
         remote=f"{requestor.address}:{requestor.port}",
         calling_aet=requestor.ae_title,
         called_aet=request.called_ae_title if request is not None else assoc.acceptor.ae_title,
+        projects=projects,
     )
 
 
@@ -33,76 +37,45 @@ def handle_echo(event: Event) -> int:
     return 0x0000
 
 
-def handle_store(event: Event, ingestor: Ingestor) -> Dataset:
+def handle_store(event: Event, ingestor: Ingestor, peers: Peers) -> Dataset:
     request = cast(C_STORE, event.request)
+    source = source_of(event.assoc, peers.owned_projects(event.assoc.requestor.ae_title))
     expected = Expected(
         sop_class_uid=str(request.AffectedSOPClassUID or "") or None,
         sop_instance_uid=str(request.AffectedSOPInstanceUID or "") or None,
     )
-    result = ingestor.accept(event.encoded_dataset(), source_of(event.assoc), expected)
+    result = ingestor.accept(event.encoded_dataset(), source, expected)
     return store_response(result)
 
 
 def handle_accepted(event: Event) -> None:
     source = source_of(event.assoc)
-    log.info("association accepted from %s (%s)", source.calling_aet, source.remote)
+    tls = ", TLS" if is_tls(event.assoc) else ""
+    log.info("association accepted from %s (%s%s)", source.calling_aet, source.remote, tls)
 
 
-# A-ASSOCIATE-RJ (result source, reason/diagnostic) -> why, in words (PS3.8 9.3.4)
+# A-ASSOCIATE-RJ (result source, reason/diagnostic) -> why, in words (PS3.8 9.3.4), for the
+# rejections pynetdicom makes itself (those of scp.peers log their own reason)
 _REJECT_REASONS = {
     (0x01, 0x01): "no reason given",
     (0x01, 0x02): "application context name not supported",
-    (0x01, 0x03): "calling AE title not allowed (allowed_calling_aets)",
+    (0x01, 0x03): "calling AE title not recognized",
     (0x01, 0x07): "called AE title is not this node's (ae_title, require_called_aet)",
     (0x02, 0x01): "no reason given (ACSE, e.g. user identity refused)",
     (0x02, 0x02): "protocol version not supported",
     (0x03, 0x01): "temporary congestion",
-    (0x03, 0x02): "no free association slot (max_associations)",
+    (0x03, 0x02): "no free association slot",
 }
 
 
-def handle_requested(event: Event, max_associations: int) -> None:
-    """Reject an association when ``max_associations`` others have already asked for one.
-
-    Only associations whose A-ASSOCIATE-RQ arrived count: a connection that sent nothing
-    (or a few bytes) holds no slot, so a flood of half-open connections cannot lock
-    modalities out; the server closes those after ``acse_timeout``. (pynetdicom's own
-    limit would count them, so the AE's is set out of reach.)
-    """
-    assoc = event.assoc
-    busy = sum(
-        1
-        for other in assoc.ae.active_associations
-        if other is not assoc
-        and other.is_acceptor
-        and other.requestor.primitive is not None
-        and not (other.is_rejected or other.is_aborted or other.is_released)
-    )
-    if busy >= max_associations:
-        assoc.acse.send_reject(0x02, 0x03, 0x02)  # transient, provider, local limit exceeded
-        handle_rejected(event)
-        assoc.kill()  # as pynetdicom does after its own rejections
-
-
 def handle_rejected(event: Event) -> None:
-    """Log who was refused, the AE title they asked for and the true reason."""
-    assoc = event.assoc
-    requestor = assoc.requestor
-    request, answer = requestor.primitive, assoc.acceptor.primitive
+    """``evt.EVT_REJECTED`` (pynetdicom's own rejections): log who and the reason."""
+    answer = event.assoc.acceptor.primitive
     reason = "unknown reason"
     if answer is not None and answer.result_source is not None:
         key = (answer.result_source, answer.diagnostic)
         reason = _REJECT_REASONS.get(key, f"source {key[0]}, reason {key[1]}")  # type: ignore[arg-type]
-        if answer.result == 0x02:
-            reason += ", transient"
-    log.warning(
-        "association rejected from %r (%s:%s) to %r: %s",
-        request.calling_ae_title if request is not None else requestor.ae_title,
-        requestor.address,
-        requestor.port,
-        request.called_ae_title if request is not None else "?",
-        reason,
-    )
+    log_rejection(event.assoc, reason, transient=answer is not None and answer.result == 0x02)
 
 
 def handle_released(event: Event) -> None:

@@ -38,6 +38,7 @@ from catalog import Database, RetrieveKeys, StoredInstance, locate_keys
 from config import QueryRetrieveSettings
 from scp.handlers import source_of
 from scp.outbound import load_dataset, on_connection_open, set_nodelay, storage_contexts, unsendable
+from scp.peers import Peers
 from scp.status import QueryRetrieveStatus, status_dataset
 from storage import BlobStore
 
@@ -166,12 +167,14 @@ def _values(identifier: Dataset, keyword: str) -> tuple[str, ...]:
     return values
 
 
-def _locate(event: Event, db: Database) -> list[StoredInstance]:
-    """The instances a C-MOVE/C-GET asks for; raises :class:`IdentifierError`."""
+def _locate(event: Event, db: Database, peers: Peers) -> list[StoredInstance]:
+    """The instances a C-MOVE/C-GET asks for, of the projects the calling AE title sees;
+    raises :class:`IdentifierError`."""
     patient_root = event.request.AffectedSOPClassUID in PATIENT_ROOT_MODELS
     keys = retrieve_keys(event.identifier, patient_root)
+    projects = peers.projects(event.assoc.requestor.ae_title)
     try:
-        instances = locate_keys(db, keys)
+        instances = locate_keys(db, keys, projects=projects)
     except SQLAlchemyError as exc:
         raise IdentifierError(
             QueryRetrieveStatus.CANNOT_COUNT_MATCHES,
@@ -210,7 +213,7 @@ def _sub_operations(
 
 
 def handle_move(
-    event: Event, db: Database, blobs: BlobStore, qr: QueryRetrieveSettings
+    event: Event, db: Database, blobs: BlobStore, qr: QueryRetrieveSettings, peers: Peers
 ) -> Iterator[Any]:
     """``evt.EVT_C_MOVE``: send the matching instances to a configured destination."""
     peer = source_of(event.assoc)
@@ -226,7 +229,7 @@ def handle_move(
         yield None, None
         return
     try:
-        instances = _locate(event, db)
+        instances = _locate(event, db, peers)
     except IdentifierError as exc:
         log.warning(
             "C-MOVE from %s (%s) refused (0x%04X): %s",
@@ -279,12 +282,12 @@ def handle_move(
         raise
 
 
-def handle_get(event: Event, db: Database, blobs: BlobStore) -> Iterator[Any]:
+def handle_get(event: Event, db: Database, blobs: BlobStore, peers: Peers) -> Iterator[Any]:
     """``evt.EVT_C_GET``: send the matching instances back on the same association, over the
     storage contexts the requestor negotiated with the SCP role."""
     peer = source_of(event.assoc)
     try:
-        instances = _locate(event, db)
+        instances = _locate(event, db, peers)
     except IdentifierError as exc:
         log.warning(
             "C-GET from %s (%s) refused (0x%04X): %s",

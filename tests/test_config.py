@@ -29,8 +29,12 @@ def test_priority_cli_then_environment_then_file(
 
 
 def test_list_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PACSNODE_ALLOWED_CALLING_AETS", '["CT1", "MR2"]')
-    assert load_settings().allowed_calling_aets == ["CT1", "MR2"]
+    monkeypatch.setenv(
+        "PACSNODE_ALLOWED_CALLING_AETS", '["CT1", {"ae_title": "MR2", "hosts": ["10.0.3.0/24"]}]'
+    )
+    ct1, mr2 = load_settings().allowed_calling_aets
+    assert (ct1.ae_title, ct1.hosts, mr2.ae_title) == ("CT1", [], "MR2")
+    assert [str(net) for net in mr2.hosts] == ["10.0.3.0/24"]
 
 
 def test_listeners_beyond_loopback_need_a_way_to_tell_callers_apart() -> None:
