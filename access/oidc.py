@@ -267,13 +267,20 @@ class OidcVerifier:
         self._valid: dict[bytes, tuple[float, Principal]] = {}
         self._lock = threading.Lock()
 
+    def cached(self, token: str, remote: str = "") -> Principal | None:
+        """The principal of a token checked lately and not expired yet, else None (then
+        :meth:`verify` decides): cheap enough for the event loop."""
+        known = self._valid.get(hashlib.sha256(token.encode()).digest())
+        if known is not None and known[0] > time.time():
+            return replace(known[1], remote=remote)
+        return None
+
     def verify(self, token: str, remote: str = "") -> Principal | None:
         """The principal of a valid access token, or None (the reason is logged)."""
+        if (principal := self.cached(token, remote)) is not None:
+            return principal
         key = hashlib.sha256(token.encode()).digest()
         now = time.time()
-        known = self._valid.get(key)
-        if known is not None and known[0] > now:
-            return replace(known[1], remote=remote)
         try:
             claims = self.decode(token, self.settings.audience)
         except TokenRefusedError as exc:

@@ -62,6 +62,9 @@ class OidcBearer:
     def __init__(self, verifier: OidcVerifier) -> None:
         self.verifier = verifier
 
+    def cached(self, token: str, remote: str) -> Principal | None:
+        return self.verifier.cached(token, remote)
+
     def verify(self, token: str, remote: str) -> Principal | None:
         try:
             return self.verifier.verify(token, remote)

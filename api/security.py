@@ -42,6 +42,10 @@ _CACHE_SECONDS = 30.0
 class BearerVerifier(Protocol):
     """Checks a JSON Web Token of an OpenID Connect provider (``access.oidc``)."""
 
+    def cached(self, token: str, remote: str) -> Principal | None:
+        """The principal of a token it checked lately, until the token expires (no I/O)."""
+        ...
+
     def verify(self, token: str, remote: str) -> Principal | None: ...
 
 
@@ -75,7 +79,9 @@ class Authenticator:
                     return await self._checked_once(token, credentials.verify_token, remote)
                 return None
             if "oidc" in methods and self.oidc is not None:
-                return await self._checked_once(token, self.oidc.verify, remote)
+                # the verifier remembers a token until it expires, not for a fixed time
+                known = self.oidc.cached(token, remote)
+                return known or await run_in_threadpool(self.oidc.verify, token, remote)
             return None
         cookie = request.cookies.get(SESSION_COOKIE)
         if cookie and credentials is not None and ("password" in methods or "oidc" in methods):

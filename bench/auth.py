@@ -3,9 +3,10 @@ one run, on the same node and data. See bench/README.md.
 
     python -m bench.auth [--studies 2000] [--requests 300]
 
-One node runs with ``access.methods = ["token", "password"]``, a second one without
-authentication, both on the same archive. For each way of calling (none; an API token; the
-session cookie of a password login) one keep-alive client sends the same requests: QIDO-RS
+One node runs with ``access.methods = ["token", "password", "oidc"]`` (the OpenID Connect
+provider is the tests' own, on loopback), a second one without authentication, both on the
+same archive. For each way of calling (none; an API token; the session cookie of a password
+login; a provider's access token) one keep-alive client sends the same requests: QIDO-RS
 ``/studies?PatientID=...`` and WADO-RS study ``/metadata``. Reported per
 way: median latency of each, the node's CPU time per request (user + system of the process,
 from ``/proc``), and the overhead against none. The target (issue 12): a token's check costs
@@ -15,6 +16,7 @@ at most 10 % of a QIDO answer's time.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import shutil
@@ -33,6 +35,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.dicomweb import small_studies
+from tests.oidc_issuer import TestIssuer
 from tests.peers import NodeProcess, free_port, pacsnode_process
 
 SEED: Final = 1212
@@ -60,8 +63,13 @@ def pacsnode(data_dir: Path, *args: str) -> str:
 
 
 @contextmanager
-def node(data_dir: Path, methods: list[str]) -> Iterator[NodeProcess]:
-    env = {"PACSNODE_ACCESS__METHODS": str(methods).replace("'", '"')}
+def node(
+    data_dir: Path, methods: list[str], issuer: TestIssuer | None = None
+) -> Iterator[NodeProcess]:
+    env = {"PACSNODE_ACCESS__METHODS": json.dumps(methods)}
+    if issuer is not None:
+        env["PACSNODE_ACCESS__OIDC__ISSUER"] = issuer.url
+        env["PACSNODE_ACCESS__OIDC__AUDIENCE"] = issuer.audience
     with pacsnode_process(data_dir, dicom_port=free_port(), http_port=free_port(), env=env) as n:
         yield n
 
@@ -97,9 +105,11 @@ def main(argv: list[str] | None = None) -> int:
         pacsnode(open_data, "import", "--create", str(studies))
         shutil.copytree(open_data, guarded_data)  # the same archive: the same pseudonyms
         with (
+            TestIssuer() as issuer,
             node(open_data, []) as open_node,
-            node(guarded_data, ["token", "password"]) as guarded,
+            node(guarded_data, ["token", "password", "oidc"], issuer) as guarded,
         ):
+            jwt = issuer.token(roles=["viewer"], groups=["default"], exp=int(time.time()) + 3600)
             token = pacsnode(guarded_data, "tokens", "create", "bench", "--role", "viewer")
             pacsnode(
                 guarded_data, "users", "add", "bench", "--role", "viewer", "--password-env", "PW"
@@ -125,6 +135,11 @@ def main(argv: list[str] | None = None) -> int:
                     lambda s: s.headers.update({"Authorization": f"Bearer {token}"}),
                 ),
                 ("session", guarded, lambda s: _login(guarded, s)),
+                (
+                    "oidc",
+                    guarded,
+                    lambda s: s.headers.update({"Authorization": f"Bearer {jwt}"}),
+                ),
             ]
             for name, running, prepare in ways:
                 session = requests.Session()
