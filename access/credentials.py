@@ -22,10 +22,13 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from access.principal import Method, Principal, permissions_of
+from audit.events import Action
 from catalog import Database
-from catalog.models import AccessToken, AppUser, LoginSession
+from catalog.audit import AuditRecord, append_audit
+from catalog.models import AccessToken, AppUser, LoginSession, utcnow
 from config.access import PROJECT_NAME, AccessSettings
 
 TOKEN_PREFIX = "pn_"  # noqa: S105 - the marker of an API token, not a secret
@@ -99,6 +102,15 @@ class Credentials:
                         created_by=created_by[:256],
                     )
                 )
+                _audit(
+                    session,
+                    created_by,
+                    Action.TOKEN_CHANGE,
+                    f"token:{name}",
+                    "created",
+                    roles,
+                    projects,
+                )
         except IntegrityError:
             raise CredentialError(f"a token named {name!r} exists already") from None
         return token
@@ -119,15 +131,16 @@ class Credentials:
             for row in rows
         ]
 
-    def revoke_token(self, name: str) -> None:
+    def revoke_token(self, name: str, *, actor: str) -> None:
         with self.db.write() as session:
             done = session.execute(
                 update(AccessToken)
                 .where(AccessToken.name == name, AccessToken.revoked_at.is_(None))
                 .values(revoked_at=datetime.now(UTC))
             )
-        if not done.rowcount:  # type: ignore[attr-defined]
-            raise CredentialError(f"no active token named {name!r}")
+            if not done.rowcount:  # type: ignore[attr-defined]
+                raise CredentialError(f"no active token named {name!r}")
+            _audit(session, actor, Action.TOKEN_CHANGE, f"token:{name}", "revoked")
         with self._lock:
             self._checked.clear()
 
@@ -158,7 +171,13 @@ class Credentials:
     # ------------------------------------------------------------------------------ users
 
     def add_user(
-        self, name: str, password: str, roles: Iterable[str], projects: Iterable[str] | None
+        self,
+        name: str,
+        password: str,
+        roles: Iterable[str],
+        projects: Iterable[str] | None,
+        *,
+        actor: str,
     ) -> None:
         roles, projects = self._grant(roles, projects)
         try:
@@ -171,6 +190,7 @@ class Credentials:
                         projects=None if projects is None else json.dumps(projects),
                     )
                 )
+                _audit(session, actor, Action.USER_CHANGE, f"user:{name}", "added", roles, projects)
         except IntegrityError:
             raise CredentialError(f"a user named {name!r} exists already") from None
 
@@ -188,12 +208,13 @@ class Credentials:
             for row in rows
         ]
 
-    def set_password(self, name: str, password: str) -> None:
+    def set_password(self, name: str, password: str, *, actor: str) -> None:
         hashed = self.hasher.hash(_checked_password(password))
-        self._update_user(name, password_hash=hashed)
+        self._update_user(name, (actor, "password changed"), password_hash=hashed)
 
-    def set_disabled(self, name: str, disabled: bool) -> None:
-        self._update_user(name, disabled=disabled)
+    def set_disabled(self, name: str, disabled: bool, *, actor: str) -> None:
+        change = "disabled" if disabled else "enabled"
+        self._update_user(name, (actor, change), disabled=disabled)
         if disabled:
             self.end_sessions_of(f"user:{name}")
 
@@ -210,7 +231,7 @@ class Credentials:
         if row is None or row.disabled:
             return None
         if self.hasher.check_needs_rehash(stored):
-            self._update_user(name, password_hash=self.hasher.hash(password))
+            self._update_user(name, None, password_hash=self.hasher.hash(password))
         return _at(self._principal(f"user:{row.name}", row, "password"), remote)
 
     def _dummy_hash(self) -> str:
@@ -295,11 +316,32 @@ class Credentials:
             raise CredentialError("a project name is letters, digits, '_', '.' or '-'")
         return roles, projects
 
-    def _update_user(self, name: str, **values: object) -> None:
+    def _update_user(self, name: str, change: tuple[str, str] | None, **values: object) -> None:
+        """Change a user's row; ``change``: who and what, for the audit trail."""
         with self.db.write() as session:
             done = session.execute(update(AppUser).where(AppUser.name == name).values(**values))
-        if not done.rowcount:  # type: ignore[attr-defined]
-            raise CredentialError(f"no user named {name!r}")
+            if not done.rowcount:  # type: ignore[attr-defined]
+                raise CredentialError(f"no user named {name!r}")
+            if change is not None:
+                _audit(session, change[0], Action.USER_CHANGE, f"user:{name}", change[1])
+
+
+def _audit(
+    session: Session,
+    actor: str,
+    action: Action,
+    target: str,
+    change: str,
+    roles: Iterable[str] = (),
+    projects: Iterable[str] | None = None,
+) -> None:
+    """A token or user change, in the transaction that makes it."""
+    detail: dict[str, object] = {"change": change}
+    if roles:
+        detail["roles"] = list(roles)
+        detail["projects"] = "all" if projects is None else list(projects)
+    event = AuditRecord(utcnow(), actor, action, "ok", target=target, detail=detail)
+    append_audit(session, [event])
 
 
 def _at(principal: Principal, remote: str) -> Principal:

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from access import Permission, Principal
 from api.security import require
 from catalog.projects import pseudonym_in_projects
-from deid import Vault
+from deid import Accessor, Vault
 
 Kind = Literal["patient", "study", "series", "accession"]
 
@@ -50,8 +50,8 @@ def reidentify_router(vault: Vault, *, https_only: bool = False) -> APIRouter:
             vault.db, kind, pseudonym, principal.projects
         ):
             raise HTTPException(status_code=404, detail=f"no {kind} with this pseudonym")
-        actor = f"{principal.name} ({principal.remote or 'http'}) reason: {reason}"
-        originals = vault.reidentify(kind, pseudonym, actor=actor)
+        accessor = Accessor(principal.name, reason, "http", principal.remote)
+        originals = vault.reidentify(kind, pseudonym, actor=accessor)
         if originals is None:
             raise HTTPException(status_code=404, detail=f"no {kind} with this pseudonym")
         return {"kind": kind, "pseudonym": pseudonym, "originals": originals}

@@ -16,8 +16,10 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from access import Permission
+from api.audited import AuditMiddleware
 from api.headers import DicomwebCors, SecurityHeaders, script_hashes
 from api.security import PUBLIC, Authenticator, require
+from audit import AuditTrail
 from catalog import CatalogUnavailableError, Database
 
 # Swagger UI's JavaScript and CSS (npm swagger-ui-dist), fetched by scripts/setup.sh
@@ -33,6 +35,7 @@ def create_app(
     blob_root: Path,
     registry: CollectorRegistry,
     authenticator: Authenticator,
+    audit: AuditTrail,
     routers: Sequence[tuple[str, APIRouter]] = (),
     home: str = "/docs",
     min_free_bytes: int = 0,
@@ -90,6 +93,7 @@ def create_app(
 
     for prefix, router in routers:
         app.include_router(router, prefix=prefix)
+    app.add_middleware(AuditMiddleware, trail=audit)
     if cors is not None and cors[1]:
         app.add_middleware(DicomwebCors, prefix=cors[0], origins=cors[1])
     app.add_middleware(  # the outermost: CORS answers carry the headers too

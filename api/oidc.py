@@ -35,8 +35,10 @@ from access.oidc import (
     code_word,
     pkce_challenge,
 )
+from api.audited import note_audit
 from api.security import PUBLIC
 from api.session import login_page, safe_next, set_session_cookie
+from audit import Action
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +176,7 @@ def oidc_router(login: OidcLogin | None) -> APIRouter:
         flow = configured()
         remote = request.client.host if request.client else ""
         remembered = _remembered(flow, request.cookies.get(STATE_COOKIE), state)
+        note_audit(request, Action.LOGIN, target="oidc")  # refused or failed unless changed
         if remembered is None:
             log.warning("OpenID Connect login from %s: no or another login's state", remote)
             return _done(_page(flow, "/", "This login expired or was not started here.", 400))
@@ -192,10 +195,12 @@ def oidc_router(login: OidcLogin | None) -> APIRouter:
             return _done(_page(flow, target, f"The login was refused: {exc}.", 401))
         if not principal.permissions:
             log.warning("OpenID Connect login of %s from %s: no role", principal.name, remote)
+            note_audit(request, Action.LOGIN, target="oidc", actor=principal.name)
             message = "Your account has no role on pacsnode: ask its administrator."
             return _done(_page(flow, target, message, 403))
         cookie = flow.credentials.start_session(principal)
         log.info("%s logged in through OpenID Connect from %s", principal.name, remote or "?")
+        note_audit(request, Action.LOGIN, target="oidc", actor=principal.name)
         url = html.escape(target)
         answer = HTMLResponse(_CONTINUE.format(url=url), headers={"Cache-Control": "no-store"})
         set_session_cookie(

@@ -18,7 +18,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from access.credentials import Credentials
+from api.audited import note_audit
 from api.security import PUBLIC, SESSION_COOKIE, Authenticator
+from audit import Action
 from config.access import AccessSettings
 
 log = logging.getLogger(__name__)
@@ -121,9 +123,11 @@ def session_router(
         principal = await run_in_threadpool(credentials.verify_password, username, password, remote)
         if principal is None:
             log.warning("failed login from %s", remote or "?")
+            note_audit(request, Action.LOGIN, target=f"user:{username}", actor=username)
             return login_page(credentials.settings, next, "Wrong user name or password.", 401)
         cookie = await run_in_threadpool(credentials.start_session, principal)
         log.info("%s logged in from %s", principal.name, remote or "?")
+        note_audit(request, Action.LOGIN, target="password", actor=principal.name)
         answer = RedirectResponse(safe_next(next), status_code=303)
         set_session_cookie(answer, cookie, request, credentials.settings.session_hours, https)
         return answer
@@ -132,6 +136,7 @@ def session_router(
     async def logout(request: Request) -> Response:
         cookie = request.cookies.get(SESSION_COOKIE)
         if cookie:
+            note_audit(request, Action.LOGOUT)  # the cookie's principal, as PUBLIC found it
             authenticator.forget(cookie)
             await run_in_threadpool(credentials.end_session, cookie)
         answer = RedirectResponse("/login", status_code=303)

@@ -236,10 +236,13 @@ class VaultEntry(Base):
 
 
 class AuditEvent(Base):
-    """Who did what, when: re-identification, vault scans, quarantine review, cohorts, exports.
+    """Who did what, when, from where, with which outcome: an append-only trail.
 
-    ``target`` is a pseudonym, a stored (de-identified) UID, a cohort or an export run, never
-    an original identifier.
+    Every door writes here (associations, stores, queries, retrieves, exports, logins,
+    re-identification, quarantine review, token and user changes, refused requests). The
+    database refuses to change or delete a row (triggers of migration 0011). ``target`` is
+    a pseudonym, a stored (de-identified) UID, a cohort, an export run, a token or user name:
+    never an original identifier; ``detail`` holds counts and the like as JSON.
     """
 
     __tablename__ = "audit_event"
@@ -247,9 +250,30 @@ class AuditEvent(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
     actor: Mapped[str] = mapped_column(String(256))
-    action: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64), index=True)
     target: Mapped[str] = mapped_column(String(128))
     outcome: Mapped[str] = mapped_column(String(32))
+    door: Mapped[str] = mapped_column(String(16), default="node", server_default="node")
+    remote: Mapped[str] = mapped_column(String(128), default="", server_default="")
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class AuditEventStudy(Base):
+    """A study an audit event concerns (its stored, de-identified Study Instance UID)."""
+
+    __tablename__ = "audit_event_study"
+
+    event_id: Mapped[int] = mapped_column(ForeignKey("audit_event.id"), primary_key=True)
+    study_uid: Mapped[str] = mapped_column(UID, primary_key=True, index=True)
+
+
+class AuditForwardCursor(Base):
+    """How far a forwarder (the syslog sender) has sent the audit trail."""
+
+    __tablename__ = "audit_forward_cursor"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_id: Mapped[int] = mapped_column(Integer)
 
 
 class QuarantinedInstance(Base):

@@ -879,3 +879,10 @@ def _without_bulk_data(document: DicomJson) -> DicomJson:
         if cleaned is not None:
             result[key] = cleaned
     return result
+
+
+def study_uids(rows: list[DicomJson]) -> set[str]:
+    """The Study Instance UIDs among query answers (none at the PATIENT level)."""
+    return {
+        str(row["0020000D"]["Value"][0]) for row in rows if row.get("0020000D", {}).get("Value")
+    }

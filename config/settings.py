@@ -20,6 +20,7 @@ from pydantic_settings import (
 
 from config.access import AccessSettings
 from config.aetitle import check_ae_title
+from config.audit import AuditSettings
 from config.deid import DeidSettings
 from config.dicom_access import CallingAE, DicomTlsSettings
 from config.dicomweb import DicomwebSettings
@@ -174,6 +175,7 @@ class Settings(BaseSettings):
     imports: ImportSettings = Field(default_factory=ImportSettings)
     access: AccessSettings = Field(default_factory=lambda: AccessSettings.model_validate({}))
     dicom_tls: DicomTlsSettings = Field(default_factory=lambda: DicomTlsSettings.model_validate({}))
+    audit: AuditSettings = Field(default_factory=lambda: AuditSettings.model_validate({}))
 
     @field_validator("ae_title")
     @classmethod

@@ -11,10 +11,11 @@ from deid.factory import DeidParts, build_deid, load_pseudonymizer
 from deid.profile import PROFILE_VERSION, Action, Option, Profile, ProfileError, build_profile
 from deid.pseudonym import Pseudonymizer
 from deid.secrets import NodeSecrets, SecretsError, load_secrets
-from deid.vault import Vault, VaultError, VaultRecord
+from deid.vault import Accessor, Vault, VaultError, VaultRecord
 
 __all__ = [
     "PROFILE_VERSION",
+    "Accessor",
     "Action",
     "DeidParts",
     "DeidRejectedError",

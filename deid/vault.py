@@ -23,7 +23,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from catalog.audit import record_audit
+from catalog.audit import AuditRecord, append_audit, record_audit
 from catalog.db import Database
 from catalog.models import VaultEntry, utcnow
 
@@ -86,7 +86,7 @@ class Vault:
                 self._known.clear()
             self._known.update((r.kind, r.pseudonym) for r in new)
 
-    def reidentify(self, kind: str, pseudonym: str, *, actor: str) -> dict[str, str] | None:
+    def reidentify(self, kind: str, pseudonym: str, *, actor: Accessor) -> dict[str, str] | None:
         """The originals behind ``pseudonym``, or None; the read is audited either way."""
         with self.db.write() as session:
             token = session.scalar(
@@ -94,10 +94,10 @@ class Vault:
                     VaultEntry.kind == kind, VaultEntry.pseudonym == pseudonym
                 )
             )
-            _audit(session, actor, f"reidentify_{kind}", pseudonym, token)
+            _audit(session, actor, f"{kind}:{pseudonym}", token)
         return None if token is None else self._decrypt(token)
 
-    def studies_of(self, patient_pseudonym: str, *, actor: str) -> list[dict[str, str]]:
+    def studies_of(self, patient_pseudonym: str, *, actor: Accessor) -> list[dict[str, str]]:
         """Originals of every study of a patient (for ``reidentify patient --studies``)."""
         with self.db.write() as session:
             tokens = session.scalars(
@@ -111,8 +111,7 @@ class Vault:
             _audit(
                 session,
                 actor,
-                "reidentify_studies",
-                patient_pseudonym,
+                f"studies of patient:{patient_pseudonym}",
                 tokens[0] if tokens else None,
             )
         return [self._decrypt(token) for token in tokens]
@@ -120,7 +119,7 @@ class Vault:
     def all_originals(self, *, actor: str, action: str) -> Iterator[VaultRecord]:
         """Every row, decrypted (for ``pacsnode deid check``); audited once, as ``*``."""
         with self.db.write() as session:
-            _audit(session, actor, action, "*", "")
+            record_audit(session, actor, action, "*", "found")
         with self.db.read() as session:
             rows = session.execute(
                 select(
@@ -146,5 +145,25 @@ class Vault:
         return {str(k): str(v) for k, v in data.items()}
 
 
-def _audit(session: Session, actor: str, action: str, target: str, token: str | None) -> None:
-    record_audit(session, actor, action, target, "found" if token is not None else "not_found")
+@dataclass(frozen=True)
+class Accessor:
+    """Who reads the vault, from where, and why (every read is audited with it)."""
+
+    name: str
+    reason: str
+    door: str = "cli"
+    remote: str = ""
+
+
+def _audit(session: Session, accessor: Accessor, target: str, token: str | None) -> None:
+    event = AuditRecord(
+        utcnow(),
+        accessor.name,
+        "reidentify",
+        "found" if token is not None else "not_found",
+        accessor.door,
+        accessor.remote,
+        target,
+        detail={"reason": accessor.reason},
+    )
+    append_audit(session, [event])

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import gzip
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import HTTPException, Request, Response
 
+from api.audited import note_audit
+from audit import Action
 from catalog import Database
 from config import DicomwebSettings
 from ingest import Ingestor
@@ -83,6 +86,31 @@ def caller_projects(request: Request) -> frozenset[str] | None:
     ``api.security.Require`` dependency found them; a request without one sees none."""
     principal = getattr(request.state, "principal", None)
     return principal.projects if principal is not None else frozenset()
+
+
+def caller_name(request: Request) -> str:
+    """Who the route's caller is, for the audit trail."""
+    principal = getattr(request.state, "principal", None)
+    return str(principal.name) if principal is not None else "anonymous"
+
+
+def audited_retrieve(service: str) -> Callable[[Request], None]:
+    """A router dependency of WADO-RS or WADO-URI: each request counts in the caller's
+    retrieve event of its study (one event per study and caller within the trail's window,
+    not one per frame a viewer fetches)."""
+
+    def note(request: Request) -> None:
+        study = request.path_params.get("study") or request.query_params.get("studyUID")
+        note_audit(
+            request,
+            Action.RETRIEVE,
+            studies=(study,) if study else (),
+            target=service,
+            detail={"requests": 1},
+            aggregate=True,
+        )
+
+    return note
 
 
 def check_uid(name: str, value: str) -> str:

@@ -15,9 +15,11 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from access import Permission
+from api.audited import note_audit
 from api.security import require
+from audit import Action
 from catalog.locate import study_exists
-from catalog.query import QueryError, QueryLevel, parse_query, run_query
+from catalog.query import QueryError, QueryLevel, parse_query, run_query, study_uids
 from dicomweb.context import DicomwebContext, caller_projects, check_uid
 from dicomweb.media import parse_accept
 
@@ -107,6 +109,9 @@ def _parse(
     return query, warnings
 
 
+_NOT_KEYS = frozenset({"includefield", "fuzzymatching", "offset", "limit"})
+
+
 def create_qido_router(context: DicomwebContext) -> APIRouter:
     router = APIRouter(tags=["QIDO-RS"], dependencies=[Depends(require(Permission.DICOMWEB_READ))])
 
@@ -141,6 +146,19 @@ def create_qido_router(context: DicomwebContext) -> APIRouter:
         for row in result.rows:
             row[_RETRIEVE_URL] = {"vr": "UR", "Value": [_retrieve_url(base, level, row)]}
         body = json.dumps([dict(sorted(row.items())) for row in result.rows], ensure_ascii=False)
+        note_audit(
+            request,
+            Action.QUERY,
+            studies=study_uids(result.rows),
+            detail={
+                "level": level.name,
+                # the keys matched on, never their values (a name the caller typed)
+                "keys": sorted(
+                    {n for n in request.query_params if n.lower() not in _NOT_KEYS} | set(path_keys)
+                ),
+                "matches": len(result.rows),
+            },
+        )
         return context.json_response(request, body, headers=headers, media_type=media_type)
 
     async def run(

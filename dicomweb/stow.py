@@ -25,7 +25,7 @@ from starlette.requests import ClientDisconnect
 
 from access import Permission
 from api.security import require
-from dicomweb.context import DicomwebContext, caller_projects, check_uid
+from dicomweb.context import DicomwebContext, caller_name, caller_projects, check_uid
 from dicomweb.media import (
     DICOM,
     BadMultipartError,
@@ -108,6 +108,7 @@ def create_stow_router(context: DicomwebContext) -> APIRouter:
             door="stow",
             remote=f"{client.host}:{client.port}" if client else "unknown",
             projects=tuple(sorted(projects)) if projects else (),
+            actor=caller_name(request),
         )
         expected = Expected(study_instance_uid=study) if study else None
         try:

@@ -23,7 +23,7 @@ from access import Permission
 from api.security import require
 from catalog import BULKDATA_URI_PREFIX
 from catalog.locate import StoredInstance, locate, stored_metadata
-from dicomweb.context import DicomwebContext, caller_projects, check_uid
+from dicomweb.context import DicomwebContext, audited_retrieve, caller_projects, check_uid
 from dicomweb.media import (
     DICOM,
     DICOM_JSON,
@@ -132,7 +132,13 @@ def _read(blobs_open: BinaryIO) -> bytes:
 
 
 def create_wado_router(context: DicomwebContext) -> APIRouter:
-    router = APIRouter(tags=["WADO-RS"], dependencies=[Depends(require(Permission.DICOMWEB_READ))])
+    router = APIRouter(
+        tags=["WADO-RS"],
+        dependencies=[
+            Depends(require(Permission.DICOMWEB_READ)),
+            Depends(audited_retrieve("WADO-RS")),
+        ],
+    )
     blobs = context.blobs
 
     def instances(

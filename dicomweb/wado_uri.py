@@ -8,7 +8,7 @@ from starlette.datastructures import QueryParams
 from access import Permission
 from api.security import require
 from catalog.locate import locate
-from dicomweb.context import DicomwebContext, caller_projects, check_uid
+from dicomweb.context import DicomwebContext, audited_retrieve, caller_projects, check_uid
 from dicomweb.pixels import (
     CannotTranscodeError,
     FrameNotFoundError,
@@ -25,7 +25,13 @@ _MAX_SIDE = 65535
 
 
 def create_wado_uri_router(context: DicomwebContext) -> APIRouter:
-    router = APIRouter(tags=["WADO-URI"], dependencies=[Depends(require(Permission.DICOMWEB_READ))])
+    router = APIRouter(
+        tags=["WADO-URI"],
+        dependencies=[
+            Depends(require(Permission.DICOMWEB_READ)),
+            Depends(audited_retrieve("WADO-URI")),
+        ],
+    )
 
     @router.get("/wado", summary="WADO-URI: retrieve one instance")
     def wado(request: Request) -> Response:

@@ -45,6 +45,9 @@ class Source:
     projects: tuple[str, ...] = ()
     """Projects the door puts the instance's study in (an uploader's own), beside those
     the ``access.projects`` rules give."""
+    actor: str | None = None
+    """Who sent it, for the audit trail: an HTTP caller's name, the user of a command
+    (``None``: the calling AE title, or the door itself)."""
 
 
 @dataclass(frozen=True)

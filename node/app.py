@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import threading
 import time
 import warnings
@@ -27,11 +28,17 @@ from access.credentials import Credentials
 from access.oidc import OidcVerifier, client_secret
 from api.admin import reidentify_router
 from api.app import create_app
+from api.audit import audit_router
 from api.cohorts import cohort_router
 from api.oidc import OidcBearer, OidcLogin, oidc_router, state_key
 from api.reports import create_router
 from api.security import Authenticator
 from api.session import session_router
+from audit import AuditRecord, AuditTrail
+from audit.dicom_xml import audit_message
+from audit.forward import AuditForwarder
+from audit.stores import StoreAudit
+from audit.syslog import SyslogSender
 from catalog import CatalogWriter, Database, catalog_stats
 from config import Settings
 from deid import Deidentifier, NodeSecrets, Pseudonymizer, Vault, build_deid
@@ -112,8 +119,10 @@ class Core:
     pseudonymizer: Pseudonymizer
     secrets: NodeSecrets
     report_intake: ReportIntake
+    audit: AuditTrail
 
     def close(self) -> None:
+        self.audit.close()
         self.db.dispose()
 
 
@@ -125,6 +134,7 @@ def build_core(settings: Settings, listeners: tuple[ResultListener, ...] = ()) -
     db.migrate()
     blobs = FilesystemBlobStore(settings.blob_root, fsync=settings.fsync)
     deid = build_deid(settings, db)
+    audit = AuditTrail(db)
     report_intake = ReportIntake(
         db=db,
         pseudonyms=deid.pseudonymizer,
@@ -136,7 +146,7 @@ def build_core(settings: Settings, listeners: tuple[ResultListener, ...] = ()) -
         deid=deid.deidentifier,
         blobs=blobs,
         catalog=CatalogWriter(db),
-        listeners=(*listeners, StudyArrivals(report_intake)),
+        listeners=(*listeners, StudyArrivals(report_intake), StoreAudit(audit)),
         projects=ProjectRules(settings.access),
     )
     return Core(
@@ -149,6 +159,7 @@ def build_core(settings: Settings, listeners: tuple[ResultListener, ...] = ()) -
         pseudonymizer=deid.pseudonymizer,
         secrets=deid.secrets,
         report_intake=report_intake,
+        audit=audit,
     )
 
 
@@ -208,12 +219,14 @@ def build_http_app(core: Core, metrics: NodeMetrics) -> FastAPI:
         blob_root=core.settings.blob_root,
         registry=metrics.registry,
         authenticator=authenticator,
+        audit=core.audit,
         min_free_bytes=core.settings.health_min_free_bytes,
         routers=[
             *create_routers(context),
             ("/api", create_router(core.report_intake)),
             ("/api", cohort_router(cohorts, exporter)),
             ("/api/admin", reidentify_router(core.vault, https_only=https.configured)),
+            ("/api", audit_router(core.db)),
             ("", session_router(credentials, authenticator, https=https.configured)),
             ("", oidc_router(login)),
         ],
@@ -225,6 +238,21 @@ def build_http_app(core: Core, metrics: NodeMetrics) -> FastAPI:
         cors=(PREFIX, settings.cors_origins),
     )
     return app
+
+
+def build_audit_forwarder(settings: Settings, db: Database) -> AuditForwarder | None:
+    """The sender of the audit trail to ``audit.syslog`` (``None``: not configured); its
+    TLS files are read here, so a node with unusable ones does not start."""
+    syslog = settings.audit.syslog
+    if syslog.host is None:
+        return None
+    hostname = socket.gethostname()
+
+    def render(event: AuditRecord) -> bytes:
+        return audit_message(event, settings.audit, settings.ae_title, hostname)
+
+    sender = SyslogSender(syslog, hostname)
+    return AuditForwarder(db, sender, render, queue_size=syslog.queue_size)
 
 
 class StudyArrivals:
@@ -271,7 +299,7 @@ class Node:
         self.metrics = NodeMetrics()
         self.core = build_core(settings, listeners=(self.metrics.observe,))
         self.metrics.watch_catalog(lambda: catalog_stats(self.core.db))
-        self.dicom = DicomServer(settings, self.core.ingestor)
+        self.dicom = DicomServer(settings, self.core.ingestor, self.core.audit)
         self.metrics.active_associations.set_function(
             lambda: float(self.dicom.active_associations())
         )
@@ -313,6 +341,7 @@ class Node:
             http_config.ssl = self.certificate.context
         self._http = uvicorn.Server(http_config)
         self._http_thread: threading.Thread | None = None  # made by start() with its socket
+        self.audit_forwarder = build_audit_forwarder(settings, self.core.db)
         self.scheduler = (
             NodeScheduler(JobContext(settings, self.core.db, self.core.ingestor, threading.Event()))
             if settings.scheduler.enabled
@@ -390,6 +419,8 @@ class Node:
             log.info("HTTPS certificate: %s", self.certificate.info)
         if self.scheduler is not None:
             self.scheduler.start()
+        if self.audit_forwarder is not None:
+            self.audit_forwarder.start()
 
     def reload_certificate(self, timeout: float = 30.0) -> bool:
         """Load the HTTPS certificate and key files again (SIGHUP); False when the node has
@@ -424,5 +455,8 @@ class Node:
         self._http.should_exit = True
         if self._http_thread is not None and self._http_thread.is_alive():
             self._http_thread.join(timeout=self.settings.shutdown_grace + 5)
+        self.core.audit.flush()
+        if self.audit_forwarder is not None:
+            self.audit_forwarder.close()
         self.core.close()
         log.info("stopped")

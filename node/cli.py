@@ -14,11 +14,13 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from node.cli_access import register as register_access
+from node.cli_audit import register as register_audit
 from node.cli_common import (
     ConfigOpt,
     CreateOpt,
     DatabaseOpt,
     DataDirOpt,
+    cli_actor,
     cli_settings,
     command_group,
     configure_logging,
@@ -206,6 +208,7 @@ def import_(
     reasons: Counter[str] = Counter()
     notes: Counter[str] = Counter()
     rejected: list[tuple[str, str]] = []
+    source = Source("folder", "cli", actor=cli_actor())
     try:
         with progress_bar() as progress:
             task = progress.add_task("importing", total=count_inputs(files))
@@ -213,7 +216,7 @@ def import_(
                 if candidate.data is None:  # refused before the pipeline (not read)
                     outcome, reason = Outcome.REJECTED_INVALID, candidate.refused
                 else:
-                    result = core.ingestor.accept(candidate.data, Source("folder", "cli"))
+                    result = core.ingestor.accept(candidate.data, source)
                     outcome, reason = result.outcome, result.reason
                 outcomes[outcome.value] += 1
                 if not outcome.success:
@@ -361,6 +364,7 @@ app.add_typer(cohort_app)
 app.command("export")(export)
 register_deid(app)
 register_access(app)
+register_audit(app)
 import node.cli_qr  # noqa: E402, F401  (send, orthanc pull, jobs list: they use the helpers above)
 
 

@@ -125,7 +125,7 @@ def token_revoke(
 
     with _credentials(config, data_dir, database_url) as credentials:
         try:
-            credentials.revoke_token(name)
+            credentials.revoke_token(name, actor=cli_actor())
         except CredentialError as exc:
             raise fail(str(exc)) from None
     out.print(f"revoked {name}", highlight=False, markup=False)
@@ -165,7 +165,7 @@ def user_add(
     password = _password(password_env)
     with _credentials(config, data_dir, database_url) as credentials:
         try:
-            credentials.add_user(name, password, roles, projects)
+            credentials.add_user(name, password, roles, projects, actor=cli_actor())
         except CredentialError as exc:
             raise fail(str(exc)) from None
     out.print(f"added {name}", highlight=False, markup=False)
@@ -208,7 +208,7 @@ def user_passwd(
     password = _password(password_env)
     with _credentials(config, data_dir, database_url) as credentials:
         try:
-            credentials.set_password(name, password)
+            credentials.set_password(name, password, actor=cli_actor())
             credentials.end_sessions_of(f"user:{name}")
         except CredentialError as exc:
             raise fail(str(exc)) from None
@@ -228,7 +228,7 @@ def user_disable(
 
     with _credentials(config, data_dir, database_url) as credentials:
         try:
-            credentials.set_disabled(name, not enable)
+            credentials.set_disabled(name, not enable, actor=cli_actor())
         except CredentialError as exc:
             raise fail(str(exc)) from None
     out.print(f"{name} {'enabled' if enable else 'disabled'}", highlight=False, markup=False)

@@ -312,6 +312,13 @@ def reidentify(
             help="Pseudo Patient ID, pseudo Accession Number, or stored Study/Series UID."
         ),
     ],
+    reason: Annotated[
+        str,
+        typer.Option(
+            "--reason",
+            help="Why (kept in the audit trail as given: name no patient in it).",
+        ),
+    ],
     studies: Annotated[
         bool, typer.Option("--studies", help="With a patient: also list their studies.")
     ] = False,
@@ -321,22 +328,23 @@ def reidentify(
 ) -> None:
     """Print the originals behind a pseudonym from the encrypted vault (admin only).
 
-    Every call is written to the audit trail (who, when, which pseudonym). Exits with
-    status 1 when the vault holds nothing for the pseudonym.
+    Every call is written to the audit trail (who, when, which pseudonym, why). Exits
+    with status 1 when the vault holds nothing for the pseudonym.
     """
     from sqlalchemy.exc import SQLAlchemyError
 
-    from deid import VaultError
+    from deid import Accessor, VaultError
 
     settings = cli_settings(config, data_dir, database_url)
     db, vault = _open(settings)
     try:
-        originals = vault.reidentify(kind.value, pseudonym, actor=cli_actor())
+        accessor = Accessor(cli_actor(), reason)
+        originals = vault.reidentify(kind.value, pseudonym, actor=accessor)
         answer: dict[str, Any] = {"kind": kind.value, "pseudonym": pseudonym}
         if originals is not None:
             answer["originals"] = originals
             if studies and kind is Kind.patient:
-                answer["studies"] = vault.studies_of(pseudonym, actor=cli_actor())
+                answer["studies"] = vault.studies_of(pseudonym, actor=accessor)
     except (SQLAlchemyError, VaultError) as exc:
         raise fail(f"cannot read the vault ({type(exc).__name__})") from None
     finally:

@@ -28,9 +28,11 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
+from audit import AuditTrail
 from config import Settings
 from ingest import Ingestor
 from scp import find, handlers, retrieve, tls
+from scp.audit import DimseAudit
 from scp.commitment import StorageCommitmentSCP
 from scp.peers import Peers
 
@@ -60,12 +62,15 @@ class DicomServer:
     connection would keep two threads until the peer closes it.
     """
 
-    def __init__(self, settings: Settings, ingestor: Ingestor) -> None:
+    def __init__(
+        self, settings: Settings, ingestor: Ingestor, audit: AuditTrail | None = None
+    ) -> None:
         # Retrieves read from the catalog and the blob store the ingest pipeline writes to.
         db, blobs = ingestor.catalog.db, ingestor.blobs
         self.settings = settings
         self.ae = build_ae(settings)
         self.peers = Peers(settings)
+        self.audit = DimseAudit(audit)
         self.commitment = StorageCommitmentSCP(ingestor, settings, self.peers)
         self._tls_context = (
             tls.server_context(settings.dicom_tls, handshake_timeout=settings.acse_timeout)
@@ -75,15 +80,19 @@ class DicomServer:
         self._handlers: list[EventHandler] = [
             (evt.EVT_C_ECHO, handlers.handle_echo),
             (evt.EVT_C_STORE, handlers.handle_store, [ingestor, self.peers]),
-            (evt.EVT_C_FIND, find.handle_find, [db, settings, self.peers]),
-            (evt.EVT_C_MOVE, retrieve.handle_move, [db, blobs, settings.qr, self.peers]),
-            (evt.EVT_C_GET, retrieve.handle_get, [db, blobs, self.peers]),
+            (evt.EVT_C_FIND, find.handle_find, [db, settings, self.peers, self.audit]),
+            (
+                evt.EVT_C_MOVE,
+                retrieve.handle_move,
+                [db, blobs, settings.qr, self.peers, self.audit],
+            ),
+            (evt.EVT_C_GET, retrieve.handle_get, [db, blobs, self.peers, self.audit]),
             (evt.EVT_N_ACTION, self.commitment.handle_n_action),
             (evt.EVT_CONN_OPEN, self._opened),
             (evt.EVT_ESTABLISHED, self._established),
-            (evt.EVT_REQUESTED, self.peers.handle_requested),
-            (evt.EVT_ACCEPTED, handlers.handle_accepted),
-            (evt.EVT_REJECTED, handlers.handle_rejected),
+            (evt.EVT_REQUESTED, self.peers.handle_requested, [self.audit]),
+            (evt.EVT_ACCEPTED, handlers.handle_accepted, [self.audit]),
+            (evt.EVT_REJECTED, handlers.handle_rejected, [self.audit]),
             (evt.EVT_RELEASED, handlers.handle_released),
             (evt.EVT_ABORTED, handlers.handle_aborted),
             (evt.EVT_ABORTED, self._aborted),

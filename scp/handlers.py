@@ -11,6 +11,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
 from ingest import Expected, Ingestor, Source
+from scp.audit import DimseAudit
 from scp.peers import Peers, log_rejection
 from scp.status import store_response
 from scp.tls import is_tls
@@ -48,10 +49,11 @@ def handle_store(event: Event, ingestor: Ingestor, peers: Peers) -> Dataset:
     return store_response(result)
 
 
-def handle_accepted(event: Event) -> None:
+def handle_accepted(event: Event, audit: DimseAudit) -> None:
     source = source_of(event.assoc)
     tls = ", TLS" if is_tls(event.assoc) else ""
     log.info("association accepted from %s (%s%s)", source.calling_aet, source.remote, tls)
+    audit.association(event.assoc)
 
 
 # A-ASSOCIATE-RJ (result source, reason/diagnostic) -> why, in words (PS3.8 9.3.4), for the
@@ -68,7 +70,7 @@ _REJECT_REASONS = {
 }
 
 
-def handle_rejected(event: Event) -> None:
+def handle_rejected(event: Event, audit: DimseAudit) -> None:
     """``evt.EVT_REJECTED`` (pynetdicom's own rejections): log who and the reason."""
     answer = event.assoc.acceptor.primitive
     reason = "unknown reason"
@@ -76,6 +78,7 @@ def handle_rejected(event: Event) -> None:
         key = (answer.result_source, answer.diagnostic)
         reason = _REJECT_REASONS.get(key, f"source {key[0]}, reason {key[1]}")  # type: ignore[arg-type]
     log_rejection(event.assoc, reason, transient=answer is not None and answer.result == 0x02)
+    audit.association(event.assoc, refused=reason)
 
 
 def handle_released(event: Event) -> None:

@@ -21,6 +21,7 @@ from pynetdicom.events import Event
 from config import Settings
 from config.dicom_access import CallingAE
 from config.settings import LOOPBACK_HOSTS
+from scp.audit import DimseAudit
 from scp.tls import certificate_names, is_tls
 
 log = logging.getLogger(__name__)
@@ -140,7 +141,7 @@ class Peers:
             self._admitted[assoc] = title
         return None
 
-    def handle_requested(self, event: Event) -> None:
+    def handle_requested(self, event: Event, audit: DimseAudit) -> None:
         """``evt.EVT_REQUESTED``: reject an association :meth:`admit` refuses."""
         assoc = event.assoc
         refusal = self.admit(assoc)
@@ -148,6 +149,7 @@ class Peers:
             return
         assoc.acse.send_reject(refusal.result, refusal.source, refusal.diagnostic)
         log_rejection(assoc, refusal.reason, transient=refusal.result == TRANSIENT)
+        audit.association(assoc, refused=refusal.reason)
         assoc.kill()  # without it the A-ASSOCIATE-RJ is lost (pynetdicom does the same)
 
 

@@ -36,6 +36,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from catalog import Database, RetrieveKeys, StoredInstance, locate_keys
 from config import QueryRetrieveSettings
+from scp.audit import DimseAudit
 from scp.handlers import source_of
 from scp.outbound import load_dataset, on_connection_open, set_nodelay, storage_contexts, unsendable
 from scp.peers import Peers
@@ -213,7 +214,12 @@ def _sub_operations(
 
 
 def handle_move(
-    event: Event, db: Database, blobs: BlobStore, qr: QueryRetrieveSettings, peers: Peers
+    event: Event,
+    db: Database,
+    blobs: BlobStore,
+    qr: QueryRetrieveSettings,
+    peers: Peers,
+    audit: DimseAudit,
 ) -> Iterator[Any]:
     """``evt.EVT_C_MOVE``: send the matching instances to a configured destination."""
     peer = source_of(event.assoc)
@@ -226,6 +232,7 @@ def handle_move(
             peer.remote,
             title,
         )
+        audit.retrieve(event.assoc, "C-MOVE", [], destination=title, outcome="refused")
         yield None, None
         return
     try:
@@ -238,6 +245,7 @@ def handle_move(
             exc.status,
             exc.comment,
         )
+        audit.retrieve(event.assoc, "C-MOVE", [], destination=title, outcome="refused")
         # pynetdicom asks for the destination before any status: a failure can only be
         # answered once an association with the destination is open, so open a small one.
         yield destination.host, destination.port, {"contexts": _PROBE_CONTEXTS}
@@ -262,6 +270,7 @@ def handle_move(
         destination.host,
         destination.port,
     )
+    audit.retrieve(event.assoc, "C-MOVE", instances, destination=title)
     started = False
     try:
         yield len(instances)
@@ -282,7 +291,9 @@ def handle_move(
         raise
 
 
-def handle_get(event: Event, db: Database, blobs: BlobStore, peers: Peers) -> Iterator[Any]:
+def handle_get(
+    event: Event, db: Database, blobs: BlobStore, peers: Peers, audit: DimseAudit
+) -> Iterator[Any]:
     """``evt.EVT_C_GET``: send the matching instances back on the same association, over the
     storage contexts the requestor negotiated with the SCP role."""
     peer = source_of(event.assoc)
@@ -296,9 +307,11 @@ def handle_get(event: Event, db: Database, blobs: BlobStore, peers: Peers) -> It
             exc.status,
             exc.comment,
         )
+        audit.retrieve(event.assoc, "C-GET", [], outcome="refused")
         yield 1
         yield status_dataset(exc.status, exc.comment), None
         return
+    audit.retrieve(event.assoc, "C-GET", instances)
     set_nodelay(event.assoc)
     log.info("C-GET from %s (%s): %d instances", peer.calling_aet, peer.remote, len(instances))
     yield len(instances)

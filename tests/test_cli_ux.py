@@ -132,7 +132,7 @@ WRITERS = [
     ["labels", "review"],
     ["deid", "check", "--all"],
     ["deid", "quarantine", "release", "2.25.1"],
-    ["reidentify", "patient", "PAAAAAAAAAAAAAAAA"],
+    ["reidentify", "patient", "PAAAAAAAAAAAAAAAA", "--reason", "test"],
     ["jobs", "list"],
 ]
 

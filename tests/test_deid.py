@@ -4,6 +4,7 @@ data sets (hypothesis), bad input, the burned-in policy, the vault and its audit
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import stat
 import threading
@@ -24,6 +25,7 @@ from catalog import catalog_stats
 from catalog.models import AuditEvent, Instance, QuarantinedInstance, VaultEntry
 from config import DeidSettings, Settings
 from deid import (
+    Accessor,
     Action,
     Option,
     ProfileDeidentifier,
@@ -543,20 +545,20 @@ def test_vault_keeps_originals_encrypted_and_audits_every_read(core: Core) -> No
         rows = session.scalars(select(VaultEntry)).all()
         assert {r.kind for r in rows} == {"patient", "study", "series", "accession"}
         assert all(str(ds.PatientName) not in r.token and ds.PatientID not in r.token for r in rows)
-    originals = core.vault.reidentify("patient", pseudo, actor="test admin")
+    admin = Accessor("test admin", "follow-up of a finding")
+    originals = core.vault.reidentify("patient", pseudo, actor=admin)
     assert originals is not None
     assert originals["patient_id"] == ds.PatientID
     assert originals["patient_name"] == str(ds.PatientName)
-    study = core.vault.reidentify(
-        "study", core.pseudonymizer.uid(ds.StudyInstanceUID), actor="test admin"
-    )
+    study = core.vault.reidentify("study", core.pseudonymizer.uid(ds.StudyInstanceUID), actor=admin)
     assert study is not None and study["study_instance_uid"] == ds.StudyInstanceUID
-    assert core.vault.reidentify("patient", "PNOSUCHPATIENT000", actor="test admin") is None
+    assert core.vault.reidentify("patient", "PNOSUCHPATIENT000", actor=admin) is None
     with core.db.read() as session:
         events = session.scalars(select(AuditEvent).order_by(AuditEvent.id)).all()
-    assert [(e.action, e.outcome) for e in events] == [
-        ("reidentify_patient", "found"),
-        ("reidentify_study", "found"),
-        ("reidentify_patient", "not_found"),
+    assert [(e.action, e.target.split(":")[0], e.outcome) for e in events] == [
+        ("reidentify", "patient", "found"),
+        ("reidentify", "study", "found"),
+        ("reidentify", "patient", "not_found"),
     ]
-    assert events[0].target == pseudo and events[0].actor == "test admin"
+    assert events[0].target == f"patient:{pseudo}" and events[0].actor == "test admin"
+    assert json.loads(events[0].detail or "{}") == {"reason": "follow-up of a finding"}

@@ -130,14 +130,15 @@ def test_an_admin_recovers_the_originals_and_every_read_is_audited(
     issuer = dcmread(dataset.files[len(dataset.files) // 4 + 1]).IssuerOfPatientID
     pseudo_id = pseudo.patient_id(phi.patient_id, issuer)
 
-    cli = pacsnode("reidentify", "patient", pseudo_id, "--studies", "--data-dir", data)
+    reason = ("--reason", "tumour board")
+    cli = pacsnode("reidentify", "patient", pseudo_id, "--studies", *reason, "--data-dir", data)
     assert cli.returncode == 0, cli.stderr
     answer = json.loads(cli.stdout)
     assert answer["originals"]["patient_id"] == phi.patient_id
     assert answer["originals"]["patient_name"] == phi.patient_name
     assert answer["originals"]["patient_birth_date"] == phi.birth_date
     assert {s["accession_number"] for s in answer["studies"]} == set(phi.accession_numbers)
-    unknown = pacsnode("reidentify", "patient", "PNOTAPATIENT0000", "--data-dir", data)
+    unknown = pacsnode("reidentify", "patient", "PNOTAPATIENT0000", *reason, "--data-dir", data)
     assert unknown.returncode == 1 and "Error:" in unknown.stderr
 
     accession = pseudo.accession_number(phi.accession_numbers[0])
@@ -166,18 +167,29 @@ def test_an_admin_recovers_the_originals_and_every_read_is_audited(
     engine = create_engine(f"sqlite:///{data}/catalog.sqlite")
     with engine.connect() as connection:
         events = connection.execute(
-            select(AuditEvent.action, AuditEvent.target, AuditEvent.outcome, AuditEvent.actor)
+            select(
+                AuditEvent.action,
+                AuditEvent.target,
+                AuditEvent.outcome,
+                AuditEvent.actor,
+                AuditEvent.door,
+                AuditEvent.remote,
+                AuditEvent.detail,
+            ).where(AuditEvent.action == "reidentify")
         ).all()
     engine.dispose()
-    actions = [(e.action, e.outcome) for e in events]
-    assert ("reidentify_patient", "found") in actions
-    assert ("reidentify_studies", "found") in actions
-    assert ("reidentify_patient", "not_found") in actions
-    assert ("reidentify_accession", "found") in actions
-    assert any(
-        e.actor.startswith("token:admin (127.0.0.1") and "reason: audit of a lesion" in e.actor
-        for e in events
-    )
+    actions = {(e.target.rsplit(":", 1)[0], e.outcome) for e in events}
+    assert actions == {
+        ("patient", "found"),
+        ("studies of patient", "found"),
+        ("patient", "not_found"),
+        ("accession", "found"),
+    }
+    assert all(json.loads(e.detail)["reason"] == "tumour board" for e in events if e.door == "cli")
+    http = [e for e in events if e.door == "http"]
+    assert len(http) == 1 and http[0].actor == "token:admin"
+    assert http[0].remote.startswith("127.0.0.1:")
+    assert json.loads(http[0].detail) == {"reason": "audit of a lesion"}
     audit_text = repr(events)
     assert phi.patient_id not in audit_text and phi.accession_numbers[0] not in audit_text
 

@@ -310,7 +310,7 @@ def test_behind_a_tls_terminating_proxy(tmp_path: Path) -> None:
         raw = Path(get_testdata_file("CT_small.dcm")).read_bytes()
         assert node.core.ingestor.accept(raw, Source(door="folder", remote="test")).outcome.success
         Credentials(node.core.db, node.settings.access).add_user(
-            "alice", PASSWORD, ["viewer"], None
+            "alice", PASSWORD, ["viewer"], None, actor="test"
         )
         base = f"http://127.0.0.1:{node.http_port}"
         auth = {"Authorization": f"Bearer {admin_token(node)}"}
@@ -352,7 +352,7 @@ def test_the_session_cookie_is_secure_over_https_through_a_trusted_proxy(tmp_pat
     trusted proxy's X-Forwarded-Proto says."""
     with running(tmp_path, access={"methods": ["password"]}) as node:
         Credentials(node.core.db, node.settings.access).add_user(
-            "alice", PASSWORD, ["viewer"], None
+            "alice", PASSWORD, ["viewer"], None, actor="test"
         )
         form = {"username": "alice", "password": PASSWORD}
         login = f"http://127.0.0.1:{node.http_port}/login"

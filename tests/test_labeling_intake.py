@@ -12,6 +12,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select, text
 
 from catalog.models import Label, Report, ReportLabel, ReportLink, Study
+from deid import Accessor
 from ingest import Outcome, Source
 from labeling.intake import IncomingReport, ReportRejectedError
 from labeling.labels import apply_review
@@ -131,7 +132,9 @@ def test_a_report_is_stored_de_identified(core: Core) -> None:
     )
     assert f"{shifted.year}年{shifted.month}月{shifted.day}日" in stored.findings
     # the originals are only in the encrypted vault, for the admin's re-identification
-    originals = core.vault.reidentify("patient", stored.patient_id, actor="test")
+    originals = core.vault.reidentify(
+        "patient", stored.patient_id, actor=Accessor("test", "checking the intake")
+    )
     assert originals is not None and originals["patient_id"] == "MRN884213"
     assert originals["patient_name"] == "Zhang^Wei"
 

@@ -69,7 +69,9 @@ def node(tmp_path_factory: pytest.TempPathFactory, issuer: TestIssuer) -> Iterat
     source = Source(door="folder", remote="test")
     for ds in synthetic():
         assert running.core.ingestor.accept(part10(ds), source).outcome.success
-    Credentials(running.core.db, running.settings.access).add_user(USER, PASSWORD, ["viewer"], None)
+    Credentials(running.core.db, running.settings.access).add_user(
+        USER, PASSWORD, ["viewer"], None, actor="test"
+    )
     # the browser reaches the node as "localhost", the provider as 127.0.0.1: two sites,
     # as a hospital's provider and node are (a cookie's SameSite rules then apply)
     issuer.register(CLIENT_ID, [f"http://localhost:{running.http_port}/login/oidc/callback"], None)

@@ -1,0 +1,124 @@
+"""Send the audit trail on to a syslog collector, as DICOM audit messages.
+
+The forwarder reads the catalog, not the doors: every event reaches the collector, also one
+a command (``pacsnode reidentify``, ``pacsnode tokens ...``) wrote from another process. A
+cursor in the catalog says how far the collector has received the trail; it moves only
+past messages the sender has written to the collector, and the forwarder hands the sender
+no more than half its queue, so a collector away for a day misses nothing: the events wait
+in the catalog. On its first start the forwarder begins at the newest event
+(``pacsnode audit export`` gives the older ones).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+
+from audit.events import outcome_of
+from audit.syslog import SyslogSender, severity_for
+from catalog.audit import (
+    AuditFilter,
+    AuditRecord,
+    forward_cursor,
+    move_forward_cursor,
+    newest_audit_id,
+    read_audit,
+)
+from catalog.db import Database
+
+log = logging.getLogger("pacsnode.audit")
+
+_CURSOR = "syslog"
+_BATCH = 200
+
+
+class AuditForwarder:
+    """Reads new events every ``poll`` seconds and hands them to ``sender``."""
+
+    def __init__(
+        self,
+        db: Database,
+        sender: SyslogSender,
+        render: Callable[[AuditRecord], bytes],
+        *,
+        queue_size: int,
+        poll: float = 1.0,
+    ) -> None:
+        self.db = db
+        self.sender = sender
+        self.render = render
+        self.poll = poll
+        self._room = max(1, queue_size // 2)
+        self._handed: deque[tuple[int, bool]] = deque()
+        """The events read and not yet written to the collector: (id, handed to the
+        sender; ``False`` for one that could not be rendered, passed over at once)."""
+        self._accounted = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="audit-forward", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop reading; send what was handed over (up to ``timeout``), keep the cursor."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        self.sender.close(timeout)
+        self._advance()
+
+    def _run(self) -> None:
+        last = self._start_cursor()
+        while not self._stop.is_set():
+            try:
+                self._advance()
+                if len(self._handed) < self._room:
+                    last = self._hand_over(last)
+            except Exception as exc:  # the catalog away: try again at the next poll
+                log.warning("audit forwarding paused (%s)", type(exc).__name__)
+            self._stop.wait(self.poll)
+
+    def _start_cursor(self) -> int:
+        with self.db.write() as session:
+            cursor = forward_cursor(session, _CURSOR)
+            if cursor is None:
+                cursor = newest_audit_id(session)
+                move_forward_cursor(session, _CURSOR, cursor)
+        return cursor
+
+    def _hand_over(self, after: int) -> int:
+        """Send the events after ``after`` (as many as there is room for); the last id."""
+        with self.db.read() as session:
+            events = read_audit(
+                session,
+                AuditFilter(after_id=after),
+                limit=min(_BATCH, self._room - len(self._handed)),
+                newest_first=False,
+            )
+        for event in events:
+            assert event.id is not None
+            try:
+                message = self.render(event)
+            except ValueError as exc:
+                log.error("audit event %d not forwarded: %s", event.id, exc)
+                self._handed.append((event.id, False))
+                continue
+            self.sender.send(message, event.at, severity_for(outcome_of(event.outcome)))
+            self._handed.append((event.id, True))
+        return max([after, *(event.id or 0 for event in events)])
+
+    def _advance(self) -> None:
+        """Move the cursor past the events the collector has received."""
+        stats = self.sender.stats()
+        done = stats.sent + stats.dropped - self._accounted
+        last = None
+        while self._handed and (done > 0 or not self._handed[0][1]):
+            last, handed = self._handed.popleft()
+            if handed:
+                done -= 1
+                self._accounted += 1
+        if last is not None:
+            with self.db.write() as session:
+                move_forward_cursor(session, _CURSOR, last)
