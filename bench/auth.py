@@ -70,6 +70,9 @@ def node(
     if issuer is not None:
         env["PACSNODE_ACCESS__OIDC__ISSUER"] = issuer.url
         env["PACSNODE_ACCESS__OIDC__AUDIENCE"] = issuer.audience
+        # as the token and the user: every project (a scoped caller's queries carry the
+        # project condition, a cost of scoping, not of authentication)
+        env["PACSNODE_ACCESS__OIDC__PROJECT_MAP"] = json.dumps({"pacs-everyone": "*"})
     with pacsnode_process(data_dir, dicom_port=free_port(), http_port=free_port(), env=env) as n:
         yield n
 
@@ -109,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             node(open_data, []) as open_node,
             node(guarded_data, ["token", "password", "oidc"], issuer) as guarded,
         ):
-            jwt = issuer.token(roles=["viewer"], groups=["default"], exp=int(time.time()) + 3600)
+            jwt = issuer.token(roles=["viewer"], groups=["pacs-everyone"], exp=int(time.time()) + 3600)
             token = pacsnode(guarded_data, "tokens", "create", "bench", "--role", "viewer")
             pacsnode(
                 guarded_data, "users", "add", "bench", "--role", "viewer", "--password-env", "PW"
