@@ -112,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
             node(open_data, []) as open_node,
             node(guarded_data, ["token", "password", "oidc"], issuer) as guarded,
         ):
-            jwt = issuer.token(roles=["viewer"], groups=["pacs-everyone"], exp=int(time.time()) + 3600)
+            jwt = issuer.token(
+                roles=["viewer"], groups=["pacs-everyone"], exp=int(time.time()) + 3600
+            )
             token = pacsnode(guarded_data, "tokens", "create", "bench", "--role", "viewer")
             pacsnode(
                 guarded_data, "users", "add", "bench", "--role", "viewer", "--password-env", "PW"
