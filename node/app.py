@@ -41,6 +41,7 @@ from audit.stores import StoreAudit
 from audit.syslog import SyslogSender
 from catalog import CatalogWriter, Database, catalog_stats
 from config import Settings
+from dashboard import dashboard_router
 from deid import Deidentifier, NodeSecrets, Pseudonymizer, Vault, build_deid
 from dicomweb import DEFAULT_VIEWER_DIR, PREFIX, DicomwebContext, create_routers, viewer_home
 from dicomweb.viewer import rewrite_index
@@ -229,6 +230,7 @@ def build_http_app(core: Core, metrics: NodeMetrics) -> FastAPI:
             ("/api", audit_router(core.db)),
             ("", session_router(credentials, authenticator, https=https.configured)),
             ("", oidc_router(login)),
+            ("", dashboard_router()),
         ],
         home=home or "/docs",
         # the viewer's page as its router serves it: its inline scripts are allowed by hash

@@ -5,7 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SYSTEM_PACKAGES=(dcmtk orthanc orthanc-dicomweb chromium)
+# fonts-wqy-microhei: Chinese glyphs for the dashboard in Chromium (the browser tests' and a
+# server's own screenshots); a user's browser brings its own fonts
+SYSTEM_PACKAGES=(dcmtk orthanc orthanc-dicomweb chromium fonts-wqy-microhei)
 # npm fetches the OHIF viewer; take Debian's only where no Node.js/npm is installed already
 # (a NodeSource nodejs bundles npm and conflicts with Debian's npm package).
 command -v npm >/dev/null || SYSTEM_PACKAGES+=(nodejs npm)
@@ -65,6 +67,20 @@ if [ "$(cat vendor/swagger-ui/.version 2>/dev/null)" != "$SWAGGER_UI_VERSION" ];
     cp "$work/package/$file" vendor/swagger-ui/
   done
   echo "$SWAGGER_UI_VERSION" > vendor/swagger-ui/.version
+  rm -rf "$work"
+fi
+
+# ECharts for the dashboard's charts, served by the node (no CDN at run time): the pinned npm
+# package's minified build and its license, into the git-ignored vendor/echarts/.
+ECHARTS_VERSION=5.6.0
+if [ "$(cat vendor/echarts/.version 2>/dev/null)" != "$ECHARTS_VERSION" ]; then
+  echo "setup: fetching ECharts echarts@$ECHARTS_VERSION"
+  work=$(mktemp -d)
+  (cd "$work" && npm pack --silent "echarts@$ECHARTS_VERSION" >/dev/null && tar xzf echarts-*.tgz)
+  rm -rf vendor/echarts
+  mkdir -p vendor/echarts
+  cp "$work/package/dist/echarts.min.js" "$work/package/LICENSE" "$work/package/NOTICE" vendor/echarts/
+  echo "$ECHARTS_VERSION" > vendor/echarts/.version
   rm -rf "$work"
 fi
 

@@ -20,6 +20,7 @@ from starlette.routing import Mount
 from access.credentials import Credentials
 from api.security import PUBLIC, Require
 from config import load_settings
+from dashboard import PAGES
 from node.app import Node
 
 PUBLIC_PATHS = {
@@ -35,8 +36,11 @@ PUBLIC_PATHS = {
     "/viewer",
     "/viewer/app-config.js",
     "/viewer/{path:path}",
+    "/dashboard/static/{name}",
+    *(page.path for page in PAGES),
 }
-"""Routes anyone may reach: they carry no data of the archive."""
+"""Routes anyone may reach: they carry no data of the archive (a dashboard page is a shell
+whose data comes from ``/api``; it sends a visitor to log in)."""
 
 
 def requirements(dependant: Dependant) -> set[Require]:
