@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Connection, delete, select, update
+from sqlalchemy import Connection, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -117,6 +117,16 @@ def held(db: Database) -> list[Held]:
     with db.read() as session:
         rows = session.scalars(select(QuarantinedInstance).order_by(QuarantinedInstance.id)).all()
         return [_held(r) for r in rows]
+
+
+def quarantine_summary(db: Database, newest: int) -> tuple[int, list[Held]]:
+    """How many instances are quarantined, and the ``newest`` latest held, newest first."""
+    with db.read() as session:
+        count = session.scalar(select(func.count()).select_from(QuarantinedInstance)) or 0
+        rows = session.scalars(
+            select(QuarantinedInstance).order_by(QuarantinedInstance.id.desc()).limit(newest)
+        ).all()
+        return count, [_held(r) for r in rows]
 
 
 def released(connection: Connection, sop_instance_uid: str, actor: str) -> None:

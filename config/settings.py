@@ -20,6 +20,7 @@ from pydantic_settings import (
 
 from config.access import AccessSettings
 from config.aetitle import check_ae_title
+from config.alerts import AlertSettings
 from config.audit import AuditSettings
 from config.deid import DeidSettings
 from config.dicom_access import CallingAE, DicomTlsSettings
@@ -176,6 +177,7 @@ class Settings(BaseSettings):
     access: AccessSettings = Field(default_factory=lambda: AccessSettings.model_validate({}))
     dicom_tls: DicomTlsSettings = Field(default_factory=lambda: DicomTlsSettings.model_validate({}))
     audit: AuditSettings = Field(default_factory=lambda: AuditSettings.model_validate({}))
+    alerts: AlertSettings = Field(default_factory=lambda: AlertSettings.model_validate({}))
 
     @field_validator("ae_title")
     @classmethod

@@ -34,6 +34,7 @@ from api.oidc import OidcBearer, OidcLogin, oidc_router, state_key
 from api.reports import create_router
 from api.security import Authenticator
 from api.session import session_router
+from api.system import NodeState, system_router
 from audit import AuditRecord, AuditTrail
 from audit.dicom_xml import audit_message
 from audit.forward import AuditForwarder
@@ -50,9 +51,11 @@ from ingest import Ingestor, IngestResult, Outcome, ResultListener
 from jobs import JobContext, NodeScheduler
 from labeling import MllpServer, ReportIntake, TaskSet, load_tasks
 from node import listeners
+from node.alerts import Alerts, Webhook
 from node.http_limits import HttpLimits, guarded_protocol
 from node.https import ServerCertificate
 from node.metrics import NodeMetrics
+from node.monitor import SystemMonitor
 from scp.ae import DicomServer
 from storage import FilesystemBlobStore
 
@@ -180,10 +183,10 @@ def build_label_source(tasks: TaskSet) -> LabelSource:
     )
 
 
-def build_http_app(core: Core, metrics: NodeMetrics) -> FastAPI:
+def build_http_app(core: Core, metrics: NodeMetrics, system: NodeState) -> FastAPI:
     """The HTTP app of a node: health, metrics, DICOMweb, the viewer, reports, labels,
-    cohorts, the login page and administration, behind one authentication
-    (:mod:`api.security`)."""
+    cohorts, the login page, administration, the node's state and the dashboard, behind one
+    authentication (:mod:`api.security`)."""
     settings = core.settings.dicomweb
     context = DicomwebContext(
         db=core.db,
@@ -228,6 +231,7 @@ def build_http_app(core: Core, metrics: NodeMetrics) -> FastAPI:
             ("/api", cohort_router(cohorts, exporter)),
             ("/api/admin", reidentify_router(core.vault, https_only=https.configured)),
             ("/api", audit_router(core.db)),
+            ("/api", system_router(system, core.db)),
             ("", session_router(credentials, authenticator, https=https.configured)),
             ("", oidc_router(login)),
             ("", dashboard_router()),
@@ -305,7 +309,15 @@ class Node:
         self.metrics.active_associations.set_function(
             lambda: float(self.dicom.active_associations())
         )
-        app = build_http_app(self.core, self.metrics)
+        self.webhook = Webhook(settings.alerts) if settings.alerts.webhook_url else None
+        self.monitor = SystemMonitor(
+            settings,
+            self.core.db,
+            self.metrics,
+            Alerts(self.metrics, self.webhook, f"{settings.ae_title}@{socket.gethostname()}"),
+            self.dicom.active_associations,
+        )
+        app = build_http_app(self.core, self.metrics, self.monitor)
         self.mllp = (
             MllpServer(
                 self.core.report_intake,
@@ -421,6 +433,7 @@ class Node:
             log.info("HTTPS certificate: %s", self.certificate.info)
         if self.scheduler is not None:
             self.scheduler.start()
+        self.monitor.start()
         if self.audit_forwarder is not None:
             self.audit_forwarder.start()
 
@@ -449,6 +462,9 @@ class Node:
     def stop(self) -> None:
         """Graceful stop: no new associations, running ones finish (up to the grace time)."""
         log.info("shutting down")
+        self.monitor.stop()
+        if self.webhook is not None:
+            self.webhook.close()
         if self.scheduler is not None:
             self.scheduler.stop()  # running jobs stop between two instances
         self.dicom.stop(grace=self.settings.shutdown_grace)

@@ -3,13 +3,31 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from catalog import CatalogStats
-from ingest import IngestResult
+from ingest import IngestResult, Outcome
+
+
+@dataclass(frozen=True)
+class IngestCounts:
+    """Instances received since the node started: accepted (stored, replaced or already
+    there), refused (``rejected_*``: the sender's data) and failed (``failed_*``: the node's)."""
+
+    accepted: float = 0.0
+    rejected: float = 0.0
+    failed: float = 0.0
+
+    def __sub__(self, other: IngestCounts) -> IngestCounts:
+        return IngestCounts(
+            self.accepted - other.accepted,
+            self.rejected - other.rejected,
+            self.failed - other.failed,
+        )
 
 
 class NodeMetrics:
@@ -41,6 +59,18 @@ class NodeMetrics:
             "DIMSE associations in progress.",
             registry=self.registry,
         )
+        self.alerts_active = Gauge(
+            "pacsnode_alerts_active",
+            "Alerts in effect, by kind (node.alerts).",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.alerts_raised = Counter(
+            "pacsnode_alerts_raised",
+            "Alerts raised since the node started, by kind.",
+            ["kind"],
+            registry=self.registry,
+        )
 
     def observe(self, result: IngestResult) -> None:
         door = result.source.door
@@ -49,9 +79,25 @@ class NodeMetrics:
         if result.outcome.success and result.outcome.value != "duplicate":
             self.stored_bytes.labels(door=door).inc(result.size)
 
+    def ingest_counts(self) -> IngestCounts:
+        """The ``pacsnode_instances`` counter summed over doors, by class of outcome."""
+        sums = {"accepted": 0.0, "rejected": 0.0, "failed": 0.0}
+        for metric in self.instances.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    outcome = Outcome(sample.labels["outcome"])
+                    sums[_KIND.get(outcome, "accepted")] += sample.value
+        return IngestCounts(**sums)
+
     def watch_catalog(self, stats: Callable[[], CatalogStats]) -> None:
         """Report catalog totals, read when Prometheus scrapes."""
         self.registry.register(_CatalogCollector(stats))
+
+
+_KIND = {
+    **{o: "rejected" for o in Outcome if o.value.startswith("rejected")},
+    **{o: "failed" for o in Outcome if o.value.startswith("failed")},
+}
 
 
 class _CatalogCollector(Collector):
