@@ -21,6 +21,7 @@ from uuid import uuid4
 import httpx
 import psutil
 import pytest
+from playwright.sync_api import Browser
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from sqlalchemy import func, select
@@ -31,11 +32,14 @@ from catalog.models import QuarantinedInstance
 from config import load_settings
 from config.access import DEFAULT_ROLES
 from node.app import Node
+from tests.browser import ARTIFACTS
 from tests.dicom_bytes import sample
 from tests.test_access_matrix import c_store
-from tests.test_dashboard_pages import PASSWORD, logged_in
+from tests.test_dashboard_pages import PASSWORD, browser, logged_in, open_logged_in
 
 TOKEN = "webhook-secret-token"
+__all__ = ["browser"]  # the pages' Chromium fixture, used here too
+
 STORED = 4  # CT instances sent by C-STORE, plus one ultrasound the quarantine holds
 
 
@@ -296,3 +300,30 @@ def test_who_sees_what(node: Node) -> None:
     scoped = system(node, "operator")  # system.read, project A only
     assert "quarantine" not in scoped and "audit" not in scoped
     assert scoped["disk"] and "alerts" in scoped
+
+
+def test_the_page_draws_its_charts_and_the_alert(browser: Browser, node: Node) -> None:
+    eventually(lambda: alerts_of(system(node), "disk"))
+    page, errors = open_logged_in(browser, node, "/system?lang=en")
+    page.wait_for_selector(".alert[data-kind=disk]")
+    page.wait_for_selector("#quarantine td")
+    page.wait_for_function(
+        """() => ['ingest-chart', 'disk-chart'].every(id => {
+             const canvas = document.querySelector(`#${id} canvas`);
+             if (!canvas || !canvas.width) return false;
+             const pixels = canvas.getContext('2d')
+               .getImageData(0, 0, canvas.width, canvas.height).data;
+             return pixels.some(value => value !== 0);
+           })"""
+    )
+    assert "disk" in page.inner_text(".alert[data-kind=disk]").lower()
+    assert page.inner_text("[data-card=accepted] .value") != ""
+    assert page.locator("#audit tbody tr").count() > 0
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "dashboard-system-alerts.png", full_page=True)
+    page.goto(page.url.replace("lang=en", "lang=zh"))
+    page.wait_for_selector(".alert[data-kind=disk]")
+    assert "磁盘" in page.inner_text(".alert[data-kind=disk]")
+    page.screenshot(path=ARTIFACTS / "dashboard-system-zh.png", full_page=True)
+    page.context.close()
+    assert errors == []
