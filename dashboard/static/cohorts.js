@@ -547,13 +547,13 @@
       el("td", {}, info.manifest_sha256 ? el("code", { class: "hash", text: info.manifest_sha256 }) : "—"),
       actions,
     );
-    const button = (key, action) => {
-      const made = el("button", { type: "button", class: key, text: PN.t(`cohorts.${key}`) });
+    const button = (key, action, text = PN.t(`cohorts.${key}`)) => {
+      const made = el("button", { type: "button", class: key, text });
       made.addEventListener("click", action);
       actions.append(made, " ");
       return made;
     };
-    button("load", () => load(info));
+    button("load", () => load(info), PN.t(choices.can.write ? "cohorts.load" : "cohorts.load_readonly"));
     button("show_preview", () => previewSaved(info));
     if (!info.frozen_at && choices.can.write) {
       const freezing = button("freeze", async () => {
