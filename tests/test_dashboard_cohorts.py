@@ -130,6 +130,22 @@ def browser() -> Iterator[Browser]:
             running.close()
 
 
+@pytest.fixture(scope="module")
+def api_cohort(node: Node) -> dict[str, Any]:
+    """A cohort defined and frozen over the API by the researcher of project a."""
+    definition = {
+        "filters": {"modalities": ["CT"], "labels": [{"task": TASK, "classes": ["1", "0"]}]},
+        "balance": {"by": f"label:{TASK}"},
+        "split": {},
+        "seed": 3,
+    }
+    with client(node, "researcher") as researcher:
+        saved = researcher.post("/api/cohorts", json={"name": "ct-api", "definition": definition})
+        assert saved.status_code == 201, saved.text
+        info: dict[str, Any] = researcher.post("/api/cohorts/ct-api@1/freeze").json()
+    return info
+
+
 @contextmanager
 def client(node: Node, user: str) -> Iterator[httpx.Client]:
     """An HTTP client logged in as ``user`` (its changes come from the node's own site, as
@@ -382,7 +398,9 @@ def test_a_bad_definition_is_explained_not_broken(browser: Browser, node: Node) 
     assert errors == [] or all("422" in e for e in errors)
 
 
-def test_without_cohorts_write_the_form_is_read_only(browser: Browser, node: Node) -> None:
+def test_without_cohorts_write_the_form_is_read_only(
+    browser: Browser, node: Node, api_cohort: dict[str, Any]
+) -> None:
     with client(node, "researcher") as researcher:
         draft = researcher.post(
             "/api/cohorts", json={"name": "mr-draft", "definition": {"filters": {}}}
@@ -408,13 +426,15 @@ def test_without_cohorts_write_the_form_is_read_only(browser: Browser, node: Nod
             "export": True,
         }
     wait_for_counts(page, previewed)
-    assert page.locator("tr[data-ref='lung-ct@1'] button.download").count() == 1
+    assert page.locator("tr[data-ref='ct-api@1'] button.download").count() == 1
     screenshot(page, "read-only")
     page.context.close()
     assert errors == []
 
 
-def test_another_projects_researcher_sees_none_of_its_numbers(browser: Browser, node: Node) -> None:
+def test_another_projects_researcher_sees_none_of_its_numbers(
+    browser: Browser, node: Node, api_cohort: dict[str, Any]
+) -> None:
     page, errors = open_as(browser, node, "researcher_b", "/cohorts")
     wait_for_counts(page, {"patients": 2, "studies": 4, "series": 6, "instances": 14})
     assert "8 series" not in page.inner_text("#modalities")
@@ -422,12 +442,12 @@ def test_another_projects_researcher_sees_none_of_its_numbers(browser: Browser, 
     page.locator("#list-status").filter(has_text="No cohort yet").wait_for()
     assert page.locator("#cohort-list tbody tr").count() == 0
     with client(node, "researcher_b") as other:
-        assert other.get("/api/cohorts/lung-ct@1/export").status_code == 404
+        assert other.get("/api/cohorts/ct-api@1/export").status_code == 404
     page.context.close()
     assert errors == []
 
 
-def test_the_page_speaks_chinese(browser: Browser, node: Node) -> None:
+def test_the_page_speaks_chinese(browser: Browser, node: Node, api_cohort: dict[str, Any]) -> None:
     page, errors = open_as(browser, node, "researcher", "/cohorts?lang=zh")
     page.click("#add-label")
     page.select_option(".label-filter .label-task", TASK)
@@ -439,10 +459,10 @@ def test_the_page_speaks_chinese(browser: Browser, node: Node) -> None:
     wait_for_counts(page, previewed)
     assert "随表单修改自动更新" in page.inner_text("#preview-status")
     assert page.inner_text("[data-count=patients] .label") == "患者"
-    assert "已冻结" in page.inner_text("tr[data-ref='lung-ct@1'] .state")
+    assert "已冻结" in page.inner_text("tr[data-ref='ct-api@1'] .state")
     # a saved version comes back into the form, to be edited into the next version
-    page.click("tr[data-ref='lung-ct@1'] button.load")
-    assert page.input_value("#cohort-name") == "lung-ct"
+    page.click("tr[data-ref='ct-api@1'] button.load")
+    assert page.input_value("#cohort-name") == "ct-api"
     loaded = shown_definition(page)
     assert loaded["filters"] == {
         "modalities": ["CT"],
