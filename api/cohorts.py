@@ -17,7 +17,7 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, sta
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from access import Permission
+from access import Permission, Principal
 from api.security import caller_projects, require
 from export import (
     AlreadyFrozenError,
@@ -31,6 +31,7 @@ from export import (
     InvalidDefinitionError,
     NotFrozenError,
 )
+from export.choices import form_choices
 
 _STATUS: tuple[tuple[type[ExportError], int], ...] = (
     (CohortNotFoundError, status.HTTP_404_NOT_FOUND),
@@ -110,6 +111,21 @@ def cohort_router(cohorts: Cohorts, exporter: Exporter) -> APIRouter:
             return cohorts.preview(definition, caller_projects(request))
         except ExportError as exc:
             raise _http_error(exc) from None
+
+    @router.get("/_form", dependencies=[Depends(require(Permission.COHORTS_READ))])
+    def cohort_form(request: Request) -> dict[str, Any]:
+        """What a cohort form offers the caller: label tasks and their classes, sequence
+        families, the modalities and body parts of their series (with counts), the default
+        split and seed, and whether they may save and freeze (``write``) and download
+        (``export``). ``_form`` is no cohort's name (a name starts with a letter)."""
+        principal: Principal | None = getattr(request.state, "principal", None)
+        return {
+            **form_choices(cohorts, caller_projects(request)),
+            "can": {
+                "write": principal is not None and principal.allows(Permission.COHORTS_WRITE),
+                "export": principal is not None and principal.allows(Permission.EXPORT),
+            },
+        }
 
     @router.get("/{ref}", dependencies=[Depends(require(Permission.COHORTS_READ))])
     def get_cohort(request: Request, ref: str) -> dict[str, Any]:
