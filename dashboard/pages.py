@@ -40,7 +40,10 @@ class Page:
     permission: Permission
 
 
-PAGES: Final[tuple[Page, ...]] = (Page("system", "/system", Permission.SYSTEM),)
+PAGES: Final[tuple[Page, ...]] = (
+    Page("studies", "/studies", Permission.DICOMWEB_READ),
+    Page("system", "/system", Permission.SYSTEM),
+)
 """The pages, in the order of the navigation bar; each has ``templates/<name>.html`` (which
 extends ``base.html``) and its script ``static/<name>.js``."""
 
