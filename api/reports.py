@@ -58,11 +58,12 @@ class ReportIn(BaseModel):
 
 
 class ReviewIn(BaseModel):
-    """A person's decision: ``value`` null confirms the class in force."""
+    """A person's decision: ``value`` null confirms the class in force; ``reviewer``
+    defaults to the caller's name."""
 
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
-    reviewer: str = Field(min_length=1, max_length=128)
+    reviewer: str | None = Field(default=None, min_length=1, max_length=128)
     value: Literal[1, 0, 2, -1] | None = None
     note: str | None = Field(default=None, max_length=4000)
 
@@ -94,6 +95,12 @@ def _validated(model: type[BaseModel], body: Any) -> Any:
             for error in exc.errors(include_input=False, include_url=False)
         ]
         raise HTTPException(422, detail="; ".join(problems)) from None
+
+
+def reviewer(request: Request, review: ReviewIn) -> str:
+    """Who made the decision: as the body names them, else the caller."""
+    principal = getattr(request.state, "principal", None)
+    return review.reviewer or (str(principal.name) if principal is not None else "anonymous")
 
 
 def _sees_report(session: Session, report_pk: int, projects: frozenset[str] | None) -> bool:
@@ -136,6 +143,10 @@ def create_router(intake: ReportIntake) -> APIRouter:
             data["rules_version"] = label.rules_version
         else:
             data["report_id"] = label.report_pk
+            # where the evidence is in the report's text (findings, a newline, impression),
+            # as indexes into its NFKC-normalised form
+            data["span_start"] = label.span_start
+            data["span_end"] = label.span_end
         return data
 
     @router.post(
@@ -273,7 +284,9 @@ def create_router(intake: ReportIntake) -> APIRouter:
                     or session.scalar(select(in_projects(label.study_pk, projects)))
                 ):
                     raise HTTPException(404, detail=f"no label {pk}")
-                apply_review(label, reviewer=review.reviewer, value=review.value, note=review.note)
+                apply_review(
+                    label, reviewer=reviewer(request, review), value=review.value, note=review.note
+                )
                 session.flush()
                 return label_json(label)
         except ReviewError as exc:
@@ -299,7 +312,9 @@ def create_router(intake: ReportIntake) -> APIRouter:
                 )
                 if label is None or not _sees_report(session, pk, projects):
                     raise HTTPException(404, detail=f"report {pk} has no {task[:64]} label")
-                apply_review(label, reviewer=review.reviewer, value=review.value, note=review.note)
+                apply_review(
+                    label, reviewer=reviewer(request, review), value=review.value, note=review.note
+                )
                 session.flush()
                 intake.relabel_studies_of(session, pk)
                 return label_json(label)

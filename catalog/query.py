@@ -356,6 +356,9 @@ class Query:
     projects: frozenset[str] | None = None
     """Only studies of these projects exist for the query (``None``: every study); the door
     sets it from its caller (``access.Principal.projects``)."""
+    where: tuple[ColumnElement[bool], ...] = ()
+    """Further SQL conditions on the level's tables (the dashboard's filters by label, age or
+    source, which are not DICOM attributes); set with :func:`dataclasses.replace`."""
 
 
 @dataclass(frozen=True)
@@ -737,6 +740,27 @@ def _in_projects(level: QueryLevel, projects: frozenset[str]) -> ColumnElement[b
     return in_projects(Study.id, projects)
 
 
+def _matching(db: Database, query: Query, columns: list[Any]) -> Select[Any]:
+    """The rows ``query`` matches (all of them: no paging), with ``columns``."""
+    matches = [_condition_sql(c, db.is_sqlite) for c in query.conditions]
+    patient_matches = [
+        match
+        for condition, match in zip(query.conditions, matches, strict=True)
+        if condition.attribute.level is QueryLevel.PATIENT
+    ]
+    statement = _base_select(query.level, columns, patient_matches).where(*matches, *query.where)
+    if query.projects is not None:
+        statement = statement.where(_in_projects(query.level, query.projects))
+    return statement
+
+
+def count_query(db: Database, query: Query) -> int:
+    """How many rows ``query`` matches, whatever its paging (one aggregate query)."""
+    matching = _matching(db, query, []).order_by(None).subquery()
+    with db.read() as session:
+        return int(session.scalar(select(func.count()).select_from(matching)) or 0)
+
+
 def run_query(db: Database, query: Query) -> QueryResult:
     """Run ``query`` in one read transaction; rows in the stable order of the level."""
     attributes = query.return_attributes
@@ -746,15 +770,7 @@ def run_query(db: Database, query: Query) -> QueryResult:
     instance_json = query.level is QueryLevel.IMAGE and (query.json_tags or query.include_all)
     if instance_json:
         columns.append(Instance.metadata_json)
-    matches = [_condition_sql(c, db.is_sqlite) for c in query.conditions]
-    patient_matches = [
-        match
-        for condition, match in zip(query.conditions, matches, strict=True)
-        if condition.attribute.level is QueryLevel.PATIENT
-    ]
-    statement = _base_select(query.level, columns, patient_matches).where(*matches)
-    if query.projects is not None:
-        statement = statement.where(_in_projects(query.level, query.projects))
+    statement = _matching(db, query, columns)
     if query.limit is not None:
         statement = statement.limit(query.limit + 1)
     if query.offset:

@@ -41,7 +41,9 @@ class Page:
 
 
 PAGES: Final[tuple[Page, ...]] = (
+    Page("studies", "/studies", Permission.DICOMWEB_READ),
     Page("cohorts", "/cohorts", Permission.COHORTS_READ),
+    Page("review", "/review", Permission.LABELS_REVIEW),
     Page("system", "/system", Permission.SYSTEM),
 )
 """The pages, in the order of the navigation bar; each has ``templates/<name>.html`` (which

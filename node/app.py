@@ -34,6 +34,7 @@ from api.oidc import OidcBearer, OidcLogin, oidc_router, state_key
 from api.reports import create_router
 from api.security import Authenticator
 from api.session import session_router
+from api.studies import studies_router
 from api.system import NodeState, system_router
 from audit import AuditRecord, AuditTrail
 from audit.dicom_xml import audit_message
@@ -228,6 +229,7 @@ def build_http_app(core: Core, metrics: NodeMetrics, system: NodeState) -> FastA
         routers=[
             *create_routers(context),
             ("/api", create_router(core.report_intake)),
+            ("/api", studies_router(core.db, core.report_intake.tasks)),
             ("/api", cohort_router(cohorts, exporter)),
             ("/api/admin", reidentify_router(core.vault, https_only=https.configured)),
             ("/api", audit_router(core.db)),

@@ -364,6 +364,13 @@ def _variants(path: str, method: str, b: Project, world: World) -> list[tuple[st
         return []  # the uploader's own test
     if path == "/api/labels/review":
         return [(path, None), (f"{path}?limit=1000", None)]
+    if path == "/api/studies":
+        return [
+            (f"{path}?limit=500", None),
+            (f"{path}?PatientID={b.patients[0]}", None),
+            (f"{path}?AccessionNumber={b.accessions[0]}&source=MOD_B", None),
+            (f"{path}?task={b.report_tasks[0][1]}&limit=500", None),
+        ]
     return [(path, None)]
 
 
