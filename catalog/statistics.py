@@ -357,6 +357,14 @@ class Statistics:
                 filters=_as_json(filters),
             )
 
+    def label_counts(
+        self, filters: StatsFilter, projects: frozenset[str] | None
+    ) -> list[LabelBucket]:
+        """Studies per label task and class (a task's own class filter does not restrict
+        its counts)."""
+        with self.db.read() as session:
+            return _labels(session, filters, projects)
+
     def _sequences(
         self, session: Session, filters: StatsFilter, where: list[ColumnElement[bool]]
     ) -> list[Bucket]:

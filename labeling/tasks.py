@@ -45,6 +45,8 @@ class Phrases(_Strict):
 
 class ClassDefinition(Phrases):
     meaning: str = ""
+    meaning_zh: str = ""
+    """The meaning in Chinese (the dashboard's other language)."""
 
 
 class Category(_Strict):
@@ -78,6 +80,7 @@ class Category(_Strict):
 class TaskDefinition(_Strict):
     name: str = ""
     description: str = ""
+    description_zh: str = ""
     precedence: tuple[ReportType, ...] = ("pathology", "radiology")
     review_below: float = Field(default=0.75, ge=0, le=1)
     radiology_malignant_requires_category: tuple[str, ...] = ()
