@@ -40,7 +40,9 @@ class Page:
     permission: Permission
 
 
-PAGES: Final[tuple[Page, ...]] = (Page("system", "/system", Permission.SYSTEM),)
+OVERVIEW: Final = Page("overview", "/", Permission.DICOMWEB_READ)
+DATASETS: Final = Page("datasets", "/datasets", Permission.LABELS_READ)
+PAGES: Final[tuple[Page, ...]] = (OVERVIEW, DATASETS, Page("system", "/system", Permission.SYSTEM))
 """The pages, in the order of the navigation bar; each has ``templates/<name>.html`` (which
 extends ``base.html``) and its script ``static/<name>.js``."""
 
@@ -89,6 +91,11 @@ def dashboard_router() -> APIRouter:
 
     for page in PAGES:
         router.add_api_route(page.path, _page_route(page), methods=["GET"], name=page.name)
+
+    @router.get("/datasets/{task}")
+    def dataset(request: Request, task: str) -> Response:
+        """One label task's dataset page (the datasets page's script reads its data)."""
+        return render(request, DATASETS, template="dataset.html", task=task)
 
     @router.get(f"{STATIC}/{{name}}")
     def static_file(name: str) -> FileResponse:
