@@ -11,7 +11,7 @@ from pathlib import Path
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -37,7 +37,6 @@ def create_app(
     authenticator: Authenticator,
     audit: AuditTrail,
     routers: Sequence[tuple[str, APIRouter]] = (),
-    home: str = "/docs",
     min_free_bytes: int = 0,
     pages: Sequence[str] = (),
     hsts_max_age: int = 0,
@@ -45,7 +44,7 @@ def create_app(
     cors: tuple[str, Sequence[str]] | None = None,
 ) -> FastAPI:
     """Build the FastAPI app: the one HTTP door of a node. Every route states its permission
-    (:mod:`api.security`); ``/`` sends visitors to ``home``.
+    (:mod:`api.security`); ``/`` is the dashboard's overview (a router of ``routers``).
 
     Every answer carries the security headers of :mod:`api.headers`; the inline scripts of
     ``pages`` (HTML served by the routers, e.g. the viewer's) and of the API page are the
@@ -60,7 +59,6 @@ def create_app(
         openapi_url=None,
     )
     app.state.authenticator = authenticator
-    _add_home(app, home)
     api_page = _add_api_pages(app, SWAGGER_UI_DIR)
 
     @app.get("/healthz", tags=["system"], dependencies=[Depends(PUBLIC)])
@@ -103,14 +101,6 @@ def create_app(
         report_uri=csp_report_uri,
     )
     return app
-
-
-def _add_home(app: FastAPI, home: str) -> None:
-    """``/`` until the dashboard has a page there: the viewer's study list, or the API pages."""
-
-    @app.get("/", include_in_schema=False, dependencies=[Depends(PUBLIC)])
-    def root() -> RedirectResponse:
-        return RedirectResponse(home)
 
 
 def _add_api_pages(app: FastAPI, assets: Path) -> str:

@@ -157,6 +157,8 @@ class Series(Base):
 
 class Instance(Base):
     __tablename__ = "instance"
+    # the first instance of a series without reading its rows (catalog.statistics: source)
+    __table_args__ = (Index("ix_instance_series_first", "series_pk", "id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     series_pk: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)

@@ -40,8 +40,12 @@ class Page:
     permission: Permission
 
 
+OVERVIEW: Final = Page("overview", "/", Permission.DICOMWEB_READ)
+DATASETS: Final = Page("datasets", "/datasets", Permission.LABELS_READ)
 PAGES: Final[tuple[Page, ...]] = (
+    OVERVIEW,
     Page("studies", "/studies", Permission.DICOMWEB_READ),
+    DATASETS,
     Page("cohorts", "/cohorts", Permission.COHORTS_READ),
     Page("review", "/review", Permission.LABELS_REVIEW),
     Page("system", "/system", Permission.SYSTEM),
@@ -94,6 +98,11 @@ def dashboard_router() -> APIRouter:
 
     for page in PAGES:
         router.add_api_route(page.path, _page_route(page), methods=["GET"], name=page.name)
+
+    @router.get("/datasets/{task}")
+    def dataset(request: Request, task: str) -> Response:
+        """One label task's dataset page (the datasets page's script reads its data)."""
+        return render(request, DATASETS, template="dataset.html", task=task)
 
     @router.get(f"{STATIC}/{{name}}")
     def static_file(name: str) -> FileResponse:

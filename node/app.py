@@ -34,6 +34,7 @@ from api.oidc import OidcBearer, OidcLogin, oidc_router, state_key
 from api.reports import create_router
 from api.security import Authenticator
 from api.session import session_router
+from api.stats import stats_router
 from api.studies import studies_router
 from api.system import NodeState, system_router
 from audit import AuditRecord, AuditTrail
@@ -42,6 +43,7 @@ from audit.forward import AuditForwarder
 from audit.stores import StoreAudit
 from audit.syslog import SyslogSender
 from catalog import CatalogWriter, Database, catalog_stats
+from catalog.statistics import Statistics
 from config import Settings
 from dashboard import dashboard_router
 from deid import Deidentifier, NodeSecrets, Pseudonymizer, Vault, build_deid
@@ -234,11 +236,18 @@ def build_http_app(core: Core, metrics: NodeMetrics, system: NodeState) -> FastA
             ("/api/admin", reidentify_router(core.vault, https_only=https.configured)),
             ("/api", audit_router(core.db)),
             ("/api", system_router(system, core.db)),
+            (
+                "/api",
+                stats_router(
+                    Statistics(core.db, cohorts.matcher.classify),
+                    core.report_intake.tasks,
+                    cohorts,
+                ),
+            ),
             ("", session_router(credentials, authenticator, https=https.configured)),
             ("", oidc_router(login)),
             ("", dashboard_router()),
         ],
-        home=home or "/docs",
         # the viewer's page as its router serves it: its inline scripts are allowed by hash
         pages=[rewrite_index(viewer_index.read_text())] if home else [],
         hsts_max_age=https.hsts_max_age,

@@ -37,6 +37,7 @@ PUBLIC_PATHS = {
     "/viewer/app-config.js",
     "/viewer/{path:path}",
     "/dashboard/static/{name}",
+    "/datasets/{task}",
     *(page.path for page in PAGES),
 }
 """Routes anyone may reach: they carry no data of the archive (a dashboard page is a shell

@@ -43,10 +43,10 @@ def base(folder: Path) -> Iterator[str]:
         running.stop()
 
 
-def test_root_sends_people_to_the_api_pages_when_there_is_no_viewer(base: str) -> None:
+def test_root_is_the_dashboards_overview_even_without_a_viewer(base: str) -> None:
     answer = httpx.get(f"{base}/", timeout=10)
-    assert answer.is_redirect
-    assert answer.headers["location"] == "/docs"
+    assert answer.status_code == 200
+    assert "/dashboard/static/overview.js" in answer.text
 
 
 @pytest.mark.parametrize("path", ["/viewer/", "/viewer/viewer?StudyInstanceUIDs=1.2.3"])
@@ -91,7 +91,7 @@ def test_the_api_pages_render_without_internet(base: str, tmp_path: Path) -> Non
         try:
             context.route("**/*", offline)
             page = context.pages[0] if context.pages else context.new_page()
-            page.goto(f"{base}/", wait_until="domcontentloaded")  # redirected to /docs
+            page.goto(f"{base}/docs", wait_until="domcontentloaded")
             operations = page.locator(".opblock-summary-path")
             operations.first.wait_for(timeout=30_000)
             ARTIFACTS.mkdir(exist_ok=True)

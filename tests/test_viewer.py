@@ -125,10 +125,10 @@ def test_qido_keeps_empty_attributes_standard(studies: list[Json]) -> None:
 # ------------------------------------------------------------------------- HTTP
 
 
-def test_root_sends_people_to_the_study_list(base: str) -> None:
+def test_root_is_the_overview_with_a_link_to_the_viewer(base: str) -> None:
     answer = httpx.get(f"{base}/", timeout=10)
-    assert answer.is_redirect
-    assert answer.headers["location"] == "/viewer/"
+    assert answer.status_code == 200
+    assert 'href="/viewer/"' in answer.text
 
 
 @pytest.mark.parametrize(

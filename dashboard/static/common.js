@@ -31,11 +31,17 @@ const PN = (() => {
     return answer.json();
   }
 
-  /** An ECharts chart in `element` (canvas), resized with the window. */
+  /** An ECharts chart in `element` (canvas), resized with the window; drawing again in the
+   * same element replaces the option and the click handlers. */
   function chart(element, option) {
-    const drawn = echarts.init(element, null, { renderer: "canvas" });
-    drawn.setOption(option);
-    window.addEventListener("resize", () => drawn.resize());
+    let drawn = echarts.getInstanceByDom(element);
+    if (drawn) {
+      drawn.off("click");
+    } else {
+      drawn = echarts.init(element, null, { renderer: "canvas" });
+      window.addEventListener("resize", () => drawn.resize());
+    }
+    drawn.setOption(option, true);
     return drawn;
   }
 
@@ -48,5 +54,50 @@ const PN = (() => {
   const formatter = new Intl.NumberFormat(lang === "zh" ? "zh-CN" : "en");
   const number = (value) => formatter.format(value);
 
-  return { t, api, chart, showError, number, lang };
+  /** How a value of a statistics dimension reads (`/api/stats` keys: M, 40, 202401, ...). */
+  function shown(dimension, key) {
+    if (key === null || key === undefined) return t("stats.unknown");
+    if (dimension === "sex") return strings[`stats.sex.${key}`] ?? key;
+    if (dimension === "age") return t("stats.age", { start: key, end: Number(key) + 9 });
+    if (dimension === "month") return `${key.slice(0, 4)}-${key.slice(4)}`;
+    if (dimension === "class") return t(`stats.class.${key}`);
+    if (dimension === "source") {
+      const [door, aet] = key.split(":");
+      return [strings[`stats.door.${door}`] ?? door, aet].filter(Boolean).join(" ");
+    }
+    return key;
+  }
+
+  /** A bar chart of `/api/stats` buckets ({key, count}) of `dimension` in `element`;
+   * `onPick(key)` when a bar of a recorded value is clicked, `picked` drawn highlighted. */
+  function bars(element, dimension, buckets, { unit = "stats.studies", onPick, picked } = {}) {
+    const drawn = chart(element, {
+      tooltip: { trigger: "axis" },
+      grid: { left: 50, right: 16, top: 16, bottom: 60 },
+      xAxis: {
+        type: "category",
+        data: buckets.map((b) => shown(dimension, b.key)),
+        axisLabel: { rotate: buckets.length > 6 ? 35 : 0, interval: 0 },
+      },
+      yAxis: { type: "value", minInterval: 1 },
+      series: [{
+        type: "bar",
+        name: t(unit),
+        data: buckets.map((b) => ({
+          value: b.count,
+          key: b.key,
+          itemStyle: picked !== undefined && String(b.key) === String(picked)
+            ? { color: "#c2410c" } : undefined,
+        })),
+      }],
+    });
+    if (onPick) {
+      drawn.on("click", (event) => {
+        if (event.data && event.data.key !== null) onPick(event.data.key);
+      });
+    }
+    return drawn;
+  }
+
+  return { t, api, chart, showError, number, lang, shown, bars };
 })();
