@@ -42,6 +42,7 @@ from catalog.models import (
 )
 from config import load_settings
 from dashboard import PAGES
+from dashboard.pages import DATASETS
 from node.app import Node
 from tests.dicom_bytes import sample
 from tests.synthetic import SyntheticSpec, generate
@@ -374,7 +375,9 @@ def _variants(path: str, method: str, b: Project, world: World) -> list[tuple[st
     return [(path, None)]
 
 
-PAGE_PERMISSIONS = {page.path: page.permission for page in PAGES}
+PAGE_PERMISSIONS = {page.path: page.permission for page in PAGES} | {
+    f"{DATASETS.path}/{{task}}": DATASETS.permission
+}
 
 
 def test_every_route_gives_a_caller_of_another_project_nothing(world: World) -> None:
