@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import subprocess
@@ -121,3 +122,16 @@ def tiny_filesystem(tmp_path: Path) -> Iterator[Path]:
         yield mount_point
     finally:
         subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+@pytest.fixture(autouse=True)
+def _no_handler_on_a_closed_stream() -> Iterator[None]:
+    """A command run in process (typer's CliRunner) points the root logger at its captured
+    stderr, closed once the command returns: every later log line of the session would print
+    a "Logging error" traceback (slow, and noise around the failures that matter)."""
+    yield
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        stream = getattr(handler, "stream", None)
+        if stream is not None and getattr(stream, "closed", False):
+            root.removeHandler(handler)
