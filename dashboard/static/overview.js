@@ -74,8 +74,26 @@
         return chip;
       }),
     );
-    const query = filters().toString();
+    const query = studyFilters(filters()).toString();
     document.getElementById("see-studies").href = query ? `/studies?${query}` : "/studies";
+  }
+
+  /** The study list's filters for the overview's (its own names and forms: an age decade
+   * 40 is 40-49, a label task:class is task and class, month YYYYMM is YYYY-MM, a source
+   * dimse:AE is the AE title). */
+  function studyFilters(chosen) {
+    const found = new URLSearchParams();
+    for (const [name, value] of chosen) {
+      if (name === "age") found.set("age", `${value}-${Number(value) + 9}`);
+      else if (name === "month") found.set("month", `${value.slice(0, 4)}-${value.slice(4, 6)}`);
+      else if (name === "source") found.set("source", value.replace(/^dimse:/, ""));
+      else if (name === "label" && !found.has("task")) {
+        const [task, klass] = value.split(":");
+        found.set("task", task);
+        found.set("class", klass);
+      } else if (name !== "label") found.set(name, value);
+    }
+    return found;
   }
 
   function size(bytes) {
