@@ -123,6 +123,7 @@ def _fill(connection: Connection, studies: int, instances: int, postgres: bool) 
                 "study_description_ci": f"{modality.lower()} exam",
                 "patient_age": f"{rng.randint(18, 90):03d}Y" if s % 5 else None,
                 "modalities_in_study": modality,
+                "source": _source(*SOURCES[(s + 1) % len(SOURCES)]),
                 "number_of_series": SERIES_PER_STUDY,
                 "number_of_instances": SERIES_PER_STUDY * per_series,
                 "total_bytes": SERIES_PER_STUDY * per_series * 524_288,
@@ -392,3 +393,8 @@ def _report(results: list[tuple[str, str, str, float, float]], args: argparse.Na
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _source(door: str, aet: str | None) -> str:
+    """A study's source as the writer keeps it (catalog.writer)."""
+    return f"{door}:{aet}" if aet else door

@@ -86,6 +86,9 @@ class Study(Base):
     institution_name: Mapped[str | None] = mapped_column(LONG)
     timezone_offset_from_utc: Mapped[str | None] = mapped_column(String(5))
     modalities_in_study: Mapped[str] = mapped_column(SHORT, default="")
+    source: Mapped[str | None] = mapped_column(String(96), index=True)
+    """Where its first instance came from: the door, ``door:AE`` when a calling AE title
+    sent it (the dashboard's distribution by source, without reading instances)."""
     number_of_series: Mapped[int] = mapped_column(Integer, default=0)
     number_of_instances: Mapped[int] = mapped_column(Integer, default=0)
     total_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -157,8 +160,6 @@ class Series(Base):
 
 class Instance(Base):
     __tablename__ = "instance"
-    # the first instance of a series without reading its rows (catalog.statistics: source)
-    __table_args__ = (Index("ix_instance_series_first", "series_pk", "id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     series_pk: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)

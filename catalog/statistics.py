@@ -46,7 +46,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
 from catalog.db import Database
-from catalog.models import Instance, Label, Patient, ReportLink, Series, Study
+from catalog.models import Label, Patient, ReportLink, Series, Study
 from catalog.projects import in_projects
 
 Dimension = Literal["modality", "sex", "age", "label", "month", "source", "body_part"]
@@ -211,24 +211,6 @@ def _age_decade() -> ColumnElement[int | None]:
     )
 
 
-def _source() -> ColumnElement[str | None]:
-    """The door (``door:AE`` for DIMSE) the study's first instance came through."""
-    series = aliased(Series)
-    first_series = select(func.min(series.id)).where(series.study_pk == Study.id).correlate(Study)
-    first_instance = (
-        select(func.min(Instance.id))
-        .where(Instance.series_pk == first_series.scalar_subquery())
-        .correlate(Study)
-    )
-    return (
-        select(
-            Instance.source_door + func.coalesce(literal(":") + Instance.source_aet, literal(""))
-        )
-        .where(Instance.id == first_instance.scalar_subquery())
-        .scalar_subquery()
-    )
-
-
 def _sex() -> ColumnElement[str | None]:
     return func.upper(Patient.patient_sex)
 
@@ -283,7 +265,7 @@ def _conditions(filters: StatsFilter, projects: frozenset[str] | None) -> list[C
     if filters.month:
         found.append(_month() == filters.month)
     if filters.source:
-        found.append(_source() == filters.source)
+        found.append(Study.source == filters.source)
     found.extend(_has_label(task, value) for task, value in filters.labels)
     if filters.task:
         found.append(_has_label(filters.task, None))
@@ -350,7 +332,7 @@ class Statistics:
                     _buckets(session, _month(), where("month")),
                     key=lambda b: (b.key is None, b.key or ""),
                 ),
-                source=_buckets(session, _source(), where("source")),
+                source=_buckets(session, Study.source, where("source")),
                 ingest=None
                 if days is None
                 else _ingest(session, where(None), days, hours, now or datetime.now(UTC)),

@@ -231,7 +231,8 @@ def _index(
         ):
             _link_patient(conn, record, study_pk, changes)
     else:
-        study_pk = _create_parents(conn, record, changes)
+        source = f"{door}:{aet}" if aet else door
+        study_pk = _create_parents(conn, record, changes, source)
         series_pk = _get_or_create(
             conn,
             Series,
@@ -286,9 +287,10 @@ def _index(
 
 
 def _create_parents(
-    conn: Connection, record: InstanceRecord, changes: list[tuple[ChangeType, str]]
+    conn: Connection, record: InstanceRecord, changes: list[tuple[ChangeType, str]], source: str
 ) -> int:
-    """The study of a series seen for the first time (creating the study and patient)."""
+    """The study of a series seen for the first time (creating the study and patient, the
+    study with the ``source`` of this, its first instance)."""
     patient_pk = _patient(conn, record, changes)
     study_pk = _get_or_create(
         conn,
@@ -299,6 +301,7 @@ def _create_parents(
             "study_description_ci": fold(record.study.study_description),
             "referring_physician_name_ci": fold(record.study.referring_physician_name),
             "referring_physician_name_fuzzy": name_key(record.study.referring_physician_name),
+            "source": source,
         },
         "study_instance_uid",
         ChangeType.NEW_STUDY,

@@ -249,3 +249,75 @@ def test_sequence_families_use_the_classifier(loaded: Core) -> None:
         StatsFilter(modality="MR"), None
     )
     assert as_dict(overview.sequence) == {"T1": 8, None: 8}
+
+
+def test_studies_stored_before_their_source_was_kept_get_it_from_their_first_instance(
+    catalog_url: str,
+) -> None:
+    """Migration 0012 fills ``study.source`` from the first stored instance of each study."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import MetaData, insert, select
+
+    from catalog.db import Database
+    from catalog.models import Study
+    from tests.test_two_patient_ids import _upgrade
+
+    db = Database(catalog_url)
+    try:
+        _upgrade(db, "0011_audit_trail")
+        old = MetaData()
+        now = datetime.now(UTC)
+        with db.write() as session:
+            connection = session.connection()
+            old.reflect(connection)
+            patient = connection.execute(
+                insert(old.tables["patient"]).values(
+                    patient_id="P", issuer_of_patient_id="", created_at=now
+                )
+            ).inserted_primary_key[0]
+            sent = {"2.25.1": [("dimse", "MOD_A"), ("stow", None)], "2.25.2": [("folder", None)]}
+            for number, (uid, instances) in enumerate(sent.items()):
+                study = connection.execute(
+                    insert(old.tables["study"]).values(
+                        patient_pk=patient,
+                        study_instance_uid=uid,
+                        modalities_in_study="CT",
+                        number_of_series=1,
+                        number_of_instances=len(instances),
+                        total_bytes=len(instances),
+                        created_at=now,
+                        updated_at=now,
+                    )
+                ).inserted_primary_key[0]
+                series = connection.execute(
+                    insert(old.tables["series"]).values(
+                        study_pk=study,
+                        series_instance_uid=f"{uid}.1",
+                        number_of_instances=len(instances),
+                        created_at=now,
+                    )
+                ).inserted_primary_key[0]
+                for index, (door, aet) in enumerate(instances):
+                    connection.execute(
+                        insert(old.tables["instance"]).values(
+                            series_pk=series,
+                            sop_instance_uid=f"{uid}.1.{index}",
+                            sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+                            transfer_syntax_uid="1.2.840.10008.1.2.1",
+                            blob_key=f"{number}{index}".ljust(32, "0"),
+                            sha256="0" * 64,
+                            size=1,
+                            version=1,
+                            metadata_json="{}",
+                            source_door=door,
+                            source_aet=aet,
+                            received_at=now,
+                        )
+                    )
+        db.migrate()
+        with db.read() as session:
+            found = dict(session.execute(select(Study.study_instance_uid, Study.source)).all())
+        assert found == {"2.25.1": "dimse:MOD_A", "2.25.2": "folder"}
+    finally:
+        db.dispose()
