@@ -248,6 +248,11 @@ def _fill(connection: Connection, studies: int, instances: int, postgres: bool) 
             connection.execute(insert(Instance), batch)
 
 
+def _source(door: str, aet: str | None) -> str:
+    """A study's source as the writer keeps it (catalog.writer)."""
+    return f"{door}:{aet}" if aet else door
+
+
 def prepare(backend: str, studies: int, instances: int) -> tuple[Path, str]:
     """The data folder and catalog URL of a node over the catalog (built once, cached)."""
     data_dir = CACHE / backend
@@ -393,8 +398,3 @@ def _report(results: list[tuple[str, str, str, float, float]], args: argparse.Na
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def _source(door: str, aet: str | None) -> str:
-    """A study's source as the writer keeps it (catalog.writer)."""
-    return f"{door}:{aet}" if aet else door
