@@ -13,11 +13,13 @@ from pathlib import Path
 import pydicom
 import pynetdicom
 import pytest
+from playwright.sync_api import Browser, sync_playwright
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from config import DeidSettings, Settings, load_settings
 from node.app import Core, build_core
+from tests.browser import CHROMIUM, CHROMIUM_ARGS
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "PACSNODE_TEST_POSTGRES_URL", "postgresql+psycopg://root@127.0.0.1:5432/test"
@@ -135,3 +137,16 @@ def _no_handler_on_a_closed_stream() -> Iterator[None]:
         stream = getattr(handler, "stream", None)
         if stream is not None and getattr(stream, "closed", False):
             root.removeHandler(handler)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Headless Debian Chromium (tests/browser.py), one per module."""
+    with sync_playwright() as playwright:
+        running = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            yield running
+        finally:
+            running.close()

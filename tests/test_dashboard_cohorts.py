@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 from pydicom import dcmread
 from sqlalchemy import func, select
 
@@ -41,7 +41,7 @@ from ingest import Source
 from labeling import IncomingReport
 from labeling.tasks import DEFAULT_TASKS_FILE
 from node.app import Core, Node, build_label_source
-from tests.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
+from tests.browser import ARTIFACTS
 from tests.synthetic import SyntheticDataset, SyntheticSpec, generate
 from tests.test_dashboard_pages import LOCALES, PASSWORD
 
@@ -116,18 +116,6 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
         yield running
     finally:
         running.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        running = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
-        )
-        try:
-            yield running
-        finally:
-            running.close()
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,8 @@ from config import load_settings
 from node.app import Node
 from tests.browser import ARTIFACTS
 from tests.synthetic import generate
-from tests.test_dashboard_pages import PASSWORD, browser, logged_in, open_logged_in
+from tests.test_dashboard_pages import PASSWORD, logged_in, open_logged_in
 from tests.test_statistics import SPEC, Row, load, rows_of
-
-__all__ = ["browser"]  # the module's Chromium, shared with the pages' tests
 
 
 @pytest.fixture(scope="module")

@@ -16,10 +16,7 @@ from catalog.models import Label, StudyProject
 from node.app import Node
 from tests.browser import ARTIFACTS
 from tests.dashboard_data import labelled_node
-from tests.test_dashboard_pages import browser
 from tests.test_dashboard_studies import open_as
-
-__all__ = ["browser"]  # the module's fixture, shared
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,6 @@ from catalog.models import Label, Study
 from node.app import Node
 from tests.browser import ARTIFACTS
 from tests.dashboard_data import EXAMS, PASSWORD, labelled_node, stored_patient_ids
-from tests.test_dashboard_pages import browser
-
-__all__ = ["browser"]  # the module's fixture, shared
 
 
 @pytest.fixture(scope="module")

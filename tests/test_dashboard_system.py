@@ -35,10 +35,9 @@ from node.app import Node
 from tests.browser import ARTIFACTS
 from tests.dicom_bytes import sample
 from tests.test_access_matrix import c_store
-from tests.test_dashboard_pages import PASSWORD, browser, logged_in, open_logged_in
+from tests.test_dashboard_pages import PASSWORD, logged_in, open_logged_in
 
 TOKEN = "webhook-secret-token"
-__all__ = ["browser"]  # the pages' Chromium fixture, used here too
 
 STORED = 4  # CT instances sent by C-STORE, plus one ultrasound the quarantine holds
 

@@ -8,14 +8,14 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 
 from access.credentials import Credentials
 from api.security import SESSION_COOKIE
 from config import load_settings
 from ingest import Source
 from node.app import Node
-from tests.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
+from tests.browser import ARTIFACTS
 from tests.dicom_bytes import part10
 from tests.oidc_issuer import TestIssuer
 from tests.query_data import synthetic
@@ -89,18 +89,6 @@ def study_uids(node: Node, issuer: TestIssuer, groups: list[str]) -> list[str]:
     )
     answer.raise_for_status()
     return sorted(study[STUDY_UID]["Value"][0] for study in answer.json())
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        running = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
-        )
-        try:
-            yield running
-        finally:
-            running.close()
 
 
 @pytest.fixture
