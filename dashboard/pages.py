@@ -77,6 +77,7 @@ def render(
         page=page,
         pages=[p for p in PAGES if principal.allows(p.permission)],
         allowed=allowed,
+        permissions=" ".join(sorted(p.value for p in Permission if principal.allows(p))),
         user=principal.name if principal.method != "none" else "",
         lang=language,
         other_lang=next(other for other in LANGUAGES if other != language),

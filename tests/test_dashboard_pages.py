@@ -119,8 +119,10 @@ def test_static_files_are_served_and_nothing_else(node: Node) -> None:
         assert httpx.get(f"{base}/{name}").status_code == 404
 
 
-def open_logged_in(browser: Browser, node: Node, path: str) -> tuple[Page, list[str]]:
-    """A new browser profile logged in as the admin at ``path``; the console errors."""
+def open_logged_in(
+    browser: Browser, node: Node, path: str, user: str = "admin"
+) -> tuple[Page, list[str]]:
+    """A new browser profile logged in as ``user`` at ``path``; the console errors."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     errors: list[str] = []
@@ -128,7 +130,7 @@ def open_logged_in(browser: Browser, node: Node, path: str) -> tuple[Page, list[
     page.on("pageerror", lambda error: errors.append(str(error)))
     base = f"http://127.0.0.1:{node.http_port}"
     page.goto(f"{base}{path}")
-    page.fill("input[name=username]", "admin")
+    page.fill("input[name=username]", user)
     page.fill("input[name=password]", PASSWORD)
     page.click("button[type=submit]")
     page.wait_for_url(f"{base}{path}")
@@ -145,13 +147,17 @@ def test_the_system_page_renders_the_health_checks(browser: Browser, node: Node)
     assert errors == []
 
 
-@pytest.mark.parametrize("language", ["en", "zh"])
+@pytest.mark.parametrize(("user", "language"), [("admin", "en"), ("admin", "zh"), ("reader", "en")])
 def test_every_page_renders_on_real_files_without_an_error(
-    browser: Browser, node: Node, language: str
+    browser: Browser, node: Node, user: str, language: str
 ) -> None:
-    """Each page over pydicom's files: no script error, no error shown, every chart drawn."""
+    """Each page the user's role has, over pydicom's files: no script error (no call the
+    role would be refused), no error shown, every chart drawn."""
+    reader = {page.name for page in PAGES if page.permission.value == "dicomweb.read"}
     for shown in PAGES:
-        page, errors = open_logged_in(browser, node, f"{shown.path}?lang={language}")
+        if user == "reader" and shown.name not in reader:
+            continue
+        page, errors = open_logged_in(browser, node, f"{shown.path}?lang={language}", user)
         page.wait_for_load_state("networkidle")
         shown_errors = page.locator(".error:visible")
         assert shown_errors.count() == 0, (shown.name, shown_errors.all_inner_texts())
@@ -160,6 +166,6 @@ def test_every_page_renders_on_real_files_without_an_error(
                 "c => { const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
                 " return d.some((v, i) => i % 4 === 3 && v > 0); }"
             ), shown.name
-        page.screenshot(path=ARTIFACTS / f"dashboard-real-{shown.name}-{language}.png")
+        page.screenshot(path=ARTIFACTS / f"dashboard-real-{shown.name}-{user}-{language}.png")
         page.context.close()
         assert errors == [], (shown.name, errors)

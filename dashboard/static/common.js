@@ -3,6 +3,11 @@
 const PN = (() => {
   const strings = JSON.parse(document.getElementById("strings").textContent);
   const lang = document.body.dataset.lang;
+  const permissions = new Set((document.body.dataset.permissions || "").split(" "));
+
+  /** Whether the caller's role grants `permission` (a page skips the calls it would be
+   * refused; the node checks every call anyway). */
+  const may = (permission) => permissions.has(permission);
 
   /** The UI string `key`, with `{name}` replaced from `values`. */
   function t(key, values = {}) {
@@ -99,5 +104,5 @@ const PN = (() => {
     return drawn;
   }
 
-  return { t, api, chart, showError, number, lang, shown, bars };
+  return { t, api, chart, showError, number, lang, may, shown, bars };
 })();

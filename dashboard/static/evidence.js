@@ -7,6 +7,7 @@ const Evidence = (() => {
   /** The label tasks (name -> {description, meanings by class}); empty when the caller may
    * not read labels. */
   async function tasks() {
+    if (known === null && !PN.may("labels.read")) known = Promise.resolve({});
     if (known === null) {
       known = PN.api("/api/labels/tasks").then(
         (answer) => Object.fromEntries(answer.tasks.map((task) => [task.name, task])),
