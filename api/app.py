@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
@@ -38,6 +38,7 @@ def create_app(
     audit: AuditTrail,
     routers: Sequence[tuple[str, APIRouter]] = (),
     min_free_bytes: int = 0,
+    storage_check: Callable[[], None] | None = None,
     pages: Sequence[str] = (),
     hsts_max_age: int = 0,
     csp_report_uri: str | None = None,
@@ -49,7 +50,8 @@ def create_app(
     Every answer carries the security headers of :mod:`api.headers`; the inline scripts of
     ``pages`` (HTML served by the routers, e.g. the viewer's) and of the API page are the
     only ones its Content-Security-Policy allows. ``cors``: a path prefix and the other
-    origins allowed to call it from a browser.
+    origins allowed to call it from a browser. ``storage_check``: asks a blob store that is
+    not the ``blob_root`` folder (an S3 bucket) whether it answers; an ``OSError`` if not.
     """
     app = FastAPI(
         title="pacsnode",
@@ -72,7 +74,12 @@ def create_app(
             db.check()
         except CatalogUnavailableError as exc:
             checks["catalog"] = str(exc)
-        if not (blob_root.is_dir() and os.access(blob_root, os.W_OK)):
+        if storage_check is not None:
+            try:
+                storage_check()
+            except OSError as exc:
+                checks["storage"] = exc.strerror or str(exc)
+        elif not (blob_root.is_dir() and os.access(blob_root, os.W_OK)):
             checks["storage"] = f"blob folder {blob_root} is not writable"
         elif min_free_bytes and (free := shutil.disk_usage(blob_root).free) < min_free_bytes:
             checks["storage"] = (

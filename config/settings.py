@@ -32,6 +32,7 @@ from config.labeling import LabelingSettings
 from config.orthanc_sync import OrthancSyncSettings
 from config.qr import QueryRetrieveSettings
 from config.scheduler import SchedulerSettings
+from config.storage import StorageSettings
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,7 @@ class Settings(BaseSettings):
 
     https: HttpsSettings = Field(default_factory=lambda: HttpsSettings.model_validate({}))
 
+    storage: StorageSettings = Field(default_factory=lambda: StorageSettings.model_validate({}))
     qr: QueryRetrieveSettings = Field(default_factory=QueryRetrieveSettings)
     orthanc_sync: OrthancSyncSettings = Field(default_factory=OrthancSyncSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)

@@ -60,7 +60,7 @@ from node.https import ServerCertificate
 from node.metrics import NodeMetrics
 from node.monitor import SystemMonitor
 from scp.ae import DicomServer
-from storage import FilesystemBlobStore
+from storage import BlobStore, FilesystemBlobStore
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class Core:
 
     settings: Settings
     db: Database
-    blobs: FilesystemBlobStore
+    blobs: BlobStore
     deid: Deidentifier
     ingestor: Ingestor
     vault: Vault
@@ -133,13 +133,37 @@ class Core:
         self.db.dispose()
 
 
+def build_blob_store(settings: Settings) -> BlobStore:
+    """The blob store of ``[storage]``: the filesystem folder (default) or an S3 bucket.
+
+    An S3 bucket must exist and answer: else :class:`storage.StorageError`, which stops the
+    node's start. Credentials come from the environment (boto3 reads ``AWS_*`` itself).
+    """
+    storage = settings.storage
+    if storage.backend == "filesystem" or storage.s3_bucket is None:
+        return FilesystemBlobStore(settings.blob_root, fsync=settings.fsync)
+    import boto3
+
+    from storage.s3 import S3BlobStore
+
+    client = boto3.client("s3", endpoint_url=storage.s3_endpoint_url, region_name=storage.s3_region)
+    store = S3BlobStore(
+        storage.s3_bucket,
+        client,
+        prefix=storage.s3_prefix,
+        multipart_threshold=storage.s3_multipart_threshold,
+    )
+    store.check()
+    return store
+
+
 def build_core(settings: Settings, listeners: tuple[ResultListener, ...] = ()) -> Core:
     """Open (and migrate) the catalog and the blob store, and wire the ingest pipeline."""
     configure_libraries()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    blobs = build_blob_store(settings)  # first: a missing bucket stops the start at once
     db = Database(settings.catalog_url, sqlite_synchronous=settings.sqlite_synchronous)
     db.migrate()
-    blobs = FilesystemBlobStore(settings.blob_root, fsync=settings.fsync)
     deid = build_deid(settings, db)
     audit = AuditTrail(db)
     report_intake = ReportIntake(
@@ -228,6 +252,7 @@ def build_http_app(core: Core, metrics: NodeMetrics, system: NodeState) -> FastA
         authenticator=authenticator,
         audit=core.audit,
         min_free_bytes=core.settings.health_min_free_bytes,
+        storage_check=getattr(core.blobs, "check", None),  # an S3 bucket: HeadBucket
         routers=[
             *create_routers(context),
             ("/api", create_router(core.report_intake)),

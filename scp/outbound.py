@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterable
+from io import BytesIO
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -27,7 +28,8 @@ def load_dataset(blobs: BlobStore, instance: StoredInstance) -> Dataset:
     blob cannot be read.
     """
     with blobs.open(instance.blob_key) as stream:
-        return dcmread(stream)
+        # pydicom seeks; an S3 object is a stream that cannot
+        return dcmread(stream if stream.seekable() else BytesIO(stream.read()))
 
 
 def unsendable(instance: StoredInstance) -> Dataset:

@@ -37,7 +37,7 @@ def documented_keys(text: str) -> set[str]:
     for line in text.splitlines():
         if header := re.match(r"^#?\s*\[([a-z_.]+)\]\s*$", line):
             section = header.group(1) + "."
-        elif key := re.match(r"^#?\s*([a-z_]+)\s*=", line):
+        elif key := re.match(r"^#?\s*([a-z][a-z0-9_]*)\s*=", line):
             keys.add(section + key.group(1))
     return keys
 
