@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from config import Settings
     from deid import Vault
     from deid.check import Finding, HeaderChecker
-    from storage import FilesystemBlobStore
+    from storage import BlobStore
 
 deid_app = command_group(
     "De-identification: check stored instances or files for PHI, review quarantine."
@@ -92,7 +92,7 @@ def check(
     from deid.check import HeaderChecker, OriginalIndex
     from deid.deidentifier import options_from
     from ingest.files import count_inputs, list_files, read_inputs
-    from storage import FilesystemBlobStore
+    from node.app import build_blob_store
 
     if not paths and not all_:
         raise fail("name files or folders to check, or --all for the whole archive")
@@ -106,7 +106,10 @@ def check(
         findings: list[Finding] = []
         checked = 0
         if all_:
-            blobs = FilesystemBlobStore(settings.blob_root)
+            try:
+                blobs = build_blob_store(settings)  # the filesystem folder or the S3 bucket
+            except OSError as exc:
+                raise fail(f"cannot open the blob store: {exc}") from None
             stored = _stored(db)
             inputs: Iterator[tuple[str, bytes | str | None]] = (
                 (uid, _read_blob(blobs, key)) for uid, key in stored
@@ -147,7 +150,7 @@ def _stored(db: Database) -> list[tuple[str, str]]:
     return [(str(uid), str(key)) for uid, key in [*rows, *held_rows]]
 
 
-def _read_blob(blobs: FilesystemBlobStore, key: str) -> bytes | None:
+def _read_blob(blobs: BlobStore, key: str) -> bytes | None:
     from storage import BlobNotFoundError
 
     try:

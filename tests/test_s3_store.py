@@ -329,3 +329,30 @@ def single_part(answer: httpx.Response) -> bytes:
     assert len(parts) == 3, len(parts)  # preamble, the part, the closing "--"
     _, body = parts[1].split(b"\r\n\r\n", 1)
     return BytesIO(body).read().removesuffix(b"\r\n")
+
+
+@pytest.mark.slow
+def test_healthz_asks_the_bucket(tmp_path: Path) -> None:
+    server = ThreadedMotoServer(ip_address=HOST, port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    client(url).create_bucket(Bucket="health")
+    env = {
+        "PACSNODE_STORAGE__BACKEND": "s3",
+        "PACSNODE_STORAGE__S3_BUCKET": "health",
+        "PACSNODE_STORAGE__S3_ENDPOINT_URL": url,
+        **CREDENTIALS,
+    }
+    try:
+        with pacsnode_process(
+            tmp_path / "data", dicom_port=free_port(), http_port=free_port(), env=env
+        ) as node:
+            assert httpx.get(f"{node.url}/healthz", timeout=10).status_code == 200
+            server.stop()
+            answer = httpx.get(f"{node.url}/healthz", timeout=60)
+            assert answer.status_code == 503
+            assert answer.json()["status"] == "unavailable"
+            assert "cannot reach the blob store in S3 bucket health" in answer.json()["storage"]
+    finally:
+        server.stop()
