@@ -164,22 +164,32 @@ def request_commitment(
     (a report that still comes on it, just before the release, is refused: it must then come
     over a new association)."""
     received: queue.Queue[Report] = queue.Queue()
+    answering: list[Report] = []
 
     def on_report(event: Event) -> tuple[int, None]:
         if not wait_on_association:
             return 0x0110, None
-        received.put(
+        answering.append(
             Report(
                 int(event.event_type or 0), copy.deepcopy(event.event_information), "association"
             )
         )
         return 0x0000, None
 
+    def on_sent(event: Event) -> None:
+        # the report counts as received once its answer has left: a modality that released
+        # before would leave the node without one (and the node would report again anew)
+        if type(event.message).__name__ == "N_EVENT_REPORT_RSP" and answering:
+            received.put(answering.pop())
+
     transaction_uid = generate_uid()
     ae = AE(ae_title=calling)
     ae.add_requested_context(StorageCommitmentPushModel)
     assoc = ae.associate(
-        HOST, port, ae_title="PACSNODE", evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)]
+        HOST,
+        port,
+        ae_title="PACSNODE",
+        evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report), (evt.EVT_DIMSE_SENT, on_sent)],
     )
     assert assoc.is_established
     status, _ = assoc.send_n_action(
