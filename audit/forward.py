@@ -7,6 +7,13 @@ past messages the sender has written to the collector, and the forwarder hands t
 no more than half its queue, so a collector away for a day misses nothing: the events wait
 in the catalog. On its first start the forwarder begins at the newest event
 (``pacsnode audit export`` gives the older ones).
+
+Nodes sharing a catalog share the cursor, so one node at a time forwards: the one holding
+the ``audit_forward`` lease (:class:`catalog.jobs.Lease`, a run record renewed while it
+forwards). A node that stops moves the cursor past what it sent, then gives the lease up;
+another takes it over and goes on from the cursor. Only a node that dies (or loses the
+catalog for longer than the lease) can leave messages sent but not counted, which its
+successor sends again: at least once, never lost.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable
+from datetime import timedelta
 
 from audit.events import outcome_of
 from audit.syslog import SyslogSender, severity_for
@@ -27,15 +35,18 @@ from catalog.audit import (
     read_audit,
 )
 from catalog.db import Database
+from catalog.jobs import Lease
 
 log = logging.getLogger("pacsnode.audit")
 
 _CURSOR = "syslog"
+LEASE_NAME = "audit_forward"
 _BATCH = 200
 
 
 class AuditForwarder:
-    """Reads new events every ``poll`` seconds and hands them to ``sender``."""
+    """Reads new events every ``poll`` seconds and hands them to ``sender``, while this
+    node holds the forwarding lease (taken for dead after ``lease`` without renewal)."""
 
     def __init__(
         self,
@@ -44,9 +55,11 @@ class AuditForwarder:
         render: Callable[[AuditRecord], bytes],
         *,
         queue_size: int,
+        lease: timedelta,
         poll: float = 1.0,
     ) -> None:
         self.db = db
+        self.lease = Lease(db, LEASE_NAME, lease)
         self.sender = sender
         self.render = render
         self.poll = poll
@@ -67,18 +80,35 @@ class AuditForwarder:
         if self._thread.is_alive():
             self._thread.join(timeout)
         self.sender.close(timeout)
-        self._advance()
+        try:
+            self._advance()
+            self.lease.release("node stopped")
+        except Exception as exc:  # the catalog away: the lease runs out by itself
+            log.warning("audit forwarding lease not released (%s)", type(exc).__name__)
 
     def _run(self) -> None:
-        last = self._start_cursor()
+        last: int | None = None  # None: another node forwards
         while not self._stop.is_set():
             try:
-                self._advance()
-                if len(self._handed) < self._room:
-                    last = self._hand_over(last)
+                if self.lease.hold():
+                    if last is None:
+                        last = self._start_cursor()
+                        log.info("audit forwarding from this node")
+                    self._advance()
+                    if len(self._handed) < self._room:
+                        last = self._hand_over(last)
+                elif last is not None:
+                    last = None
+                    self._stand_down()
             except Exception as exc:  # the catalog away: try again at the next poll
                 log.warning("audit forwarding paused (%s)", type(exc).__name__)
             self._stop.wait(self.poll)
+
+    def _stand_down(self) -> None:
+        """The lease went to another node, which goes on from the cursor: what this one
+        handed over still ends sent or dropped, and is no longer counted here."""
+        self._accounted += sum(1 for _, handed in self._handed if handed)
+        self._handed.clear()
 
     def _start_cursor(self) -> int:
         with self.db.write() as session:
@@ -119,6 +149,6 @@ class AuditForwarder:
             if handed:
                 done -= 1
                 self._accounted += 1
-        if last is not None:
+        if last is not None and self.lease.held:
             with self.db.write() as session:
                 move_forward_cursor(session, _CURSOR, last)

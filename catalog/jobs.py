@@ -6,11 +6,18 @@ of all the nodes sharing a catalog exactly one runs a given scheduled run, and n
 another run of the same job is alive. A run stays alive as long as its node renews its
 lease (the ``heartbeat_at`` column); a node that dies leaves a run that the next claim
 marks ``abandoned``.
+
+A :class:`Lease` uses the same rows for work that must run on one node at a time without a
+schedule (the audit forwarder): one long run, held while its node renews it.
 """
 
 from __future__ import annotations
 
 import enum
+import logging
+import os
+import socket
+import time
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -22,6 +29,8 @@ from sqlalchemy.orm import Session
 from catalog.db import Database
 from catalog.models import JobRun, utcnow
 
+log = logging.getLogger(__name__)
+
 _LOCK_NAMESPACE = 0x7061_6373 & 0x7FFF_FFFF  # "pacs"; the other key is the job's CRC-32
 
 
@@ -31,6 +40,11 @@ class RunOutcome(enum.StrEnum):
     FAILED = "failed"
     INTERRUPTED = "interrupted"  # the node was asked to stop
     ABANDONED = "abandoned"  # its node stopped renewing the lease (died)
+
+
+def node_name() -> str:
+    """How this process is named in run records: host name and process id."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 @dataclass(frozen=True)
@@ -137,6 +151,51 @@ def job_runs(db: Database, job_id: str, limit: int = 20) -> list[JobRunRecord]:
             select(JobRun).where(JobRun.job_id == job_id).order_by(JobRun.id.desc()).limit(limit)
         ).all()
         return [_record(run) for run in runs]
+
+
+class Lease:
+    """Work named ``job_id`` that one node at a time does, for as long as it holds the lease.
+
+    The lease is a run of ``job_id`` that its holder renews; another node takes it over when
+    the holder stops (:meth:`release`) or stops renewing it for ``lease`` (it died). Catalog
+    round trips are spaced ``lease / 4`` apart, whoever asks how often.
+    """
+
+    def __init__(self, db: Database, job_id: str, lease: timedelta, node: str = "") -> None:
+        self.db = db
+        self.job_id = job_id
+        self.node = node or node_name()
+        self._lease = lease
+        self._run_id: int | None = None
+        self._next_check = 0.0
+
+    def hold(self) -> bool:
+        """Keep or take the lease; whether this node holds it now."""
+        now = time.monotonic()
+        if now < self._next_check:
+            return self._run_id is not None
+        self._next_check = now + self._lease.total_seconds() / 4
+        if self._run_id is not None:
+            if renew_lease(self.db, self._run_id):
+                return True
+            log.error("%s: lease lost (taken for dead by another node)", self.job_id)
+            self._run_id = None
+        claim = claim_run(self.db, self.job_id, utcnow(), self.node, self._lease)
+        self._run_id = claim.run_id
+        if claim.run_id is not None:
+            log.info("%s: lease taken (run %d)", self.job_id, claim.run_id)
+        return claim.run_id is not None
+
+    @property
+    def held(self) -> bool:
+        """Whether the last :meth:`hold` found this node holding the lease."""
+        return self._run_id is not None
+
+    def release(self, summary: str) -> None:
+        """Give the lease up (the node stops): another node may take it at once."""
+        if self._run_id is not None:
+            finish_run(self.db, self._run_id, RunOutcome.INTERRUPTED, summary)
+            self._run_id = None
 
 
 def _lock_job(session: Session, job_id: str) -> None:

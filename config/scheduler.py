@@ -21,7 +21,7 @@ class SchedulerSettings(BaseModel):
         default=60.0,
         ge=5,
         description=(
-            "A run whose node has not renewed its lease for this long is taken for dead, so "
-            "another node may run the job."
+            "A run (or the audit forwarder's lease) whose node has not renewed it for this "
+            "long is taken for dead, so another node may take over."
         ),
     )

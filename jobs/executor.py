@@ -10,8 +10,6 @@ how the run ended, so that exactly one node runs each scheduled run.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import traceback
 from collections.abc import Callable
@@ -22,16 +20,11 @@ from typing import Any
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, JobExecutionEvent
 from apscheduler.executors.base import BaseExecutor
 
-from catalog.jobs import RunOutcome, claim_run, finish_run, renew_lease
+from catalog.jobs import RunOutcome, claim_run, finish_run, node_name, renew_lease
 from config import Settings
 from jobs.context import JobContext, JobFailedError, JobInterruptedError
 
 log = logging.getLogger(__name__)
-
-
-def node_name() -> str:
-    """How this process is named in run records: host name and process id."""
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class LeasedExecutor(BaseExecutor):  # type: ignore[misc]

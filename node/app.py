@@ -11,6 +11,7 @@ import time
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import timedelta
 
 import hl7.containers
 import hl7.util
@@ -294,7 +295,13 @@ def build_audit_forwarder(settings: Settings, db: Database) -> AuditForwarder | 
         return audit_message(event, settings.audit, settings.ae_title, hostname)
 
     sender = SyslogSender(syslog, hostname)
-    return AuditForwarder(db, sender, render, queue_size=syslog.queue_size)
+    return AuditForwarder(
+        db,
+        sender,
+        render,
+        queue_size=syslog.queue_size,
+        lease=timedelta(seconds=settings.scheduler.lease_seconds),
+    )
 
 
 class StudyArrivals:

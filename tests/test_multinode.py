@@ -1,0 +1,415 @@
+"""Two node processes sharing one PostgreSQL catalog, one blob store (a shared folder, then an
+S3 bucket on moto's server, a protocol stand-in started here) and one secrets folder, as
+docs/deployment.md sets them up behind a load balancer:
+
+- an instance stored through node A is found through node B at once (QIDO-RS, C-FIND) and
+  retrieved through B (WADO-RS, C-GET), byte for byte as A serves it; a STOW-RS to B is
+  found and retrieved through A;
+- the same original patient sent to A and to B gets one pseudonym and lands in one study
+  (the pseudonyms are computed here from the shared HMAC key);
+- both nodes forward the audit trail to one syslog collector, which gets every event once,
+  also when the forwarding node stops and the other takes over.
+
+That each scheduled job run runs on one node only is tested with the Orthanc sync in
+tests/test_orthanc.py (``test_two_nodes_sharing_postgresql_never_run_the_sync_twice``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+
+import httpx
+import pytest
+from moto.server import ThreadedMotoServer
+from pydicom import Dataset, dcmread
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, build_role, evt
+from pynetdicom.events import Event
+from pynetdicom.sop_class import (
+    CTImageStorage,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+)
+from sqlalchemy import Engine, create_engine, text
+
+from audit.forward import LEASE_NAME
+from deid import Pseudonymizer, load_secrets
+from tests.conftest import new_postgres_database
+from tests.dicom_bytes import part10, sample
+from tests.peers import HOST, NodeProcess, free_ports, pacsnode_process, storescu
+from tests.pki import Authority
+from tests.test_audit_syslog import Collector, body
+from tests.test_s3_store import CREDENTIALS, client, single_part
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+
+DICOM_PART = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+
+
+@dataclass
+class Cluster:
+    a: NodeProcess
+    b: NodeProcess
+    catalog: Engine
+    pseudonyms: Pseudonymizer
+    collector: Collector
+    frames_before: int
+    """Audit messages the collector had when the nodes were up and the trail forwarded."""
+    audit_id_before: int
+    logs: list[Path]
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def scalar(engine: Engine, sql: str) -> int:
+    with engine.connect() as connection:
+        return int(connection.execute(text(sql)).scalar() or 0)
+
+
+def forwarded_all(engine: Engine) -> bool:
+    """The forward cursor has reached the newest audit event."""
+    newest = scalar(engine, "SELECT max(id) FROM audit_event")
+    return scalar(engine, "SELECT last_id FROM audit_forward_cursor") == newest
+
+
+@contextlib.contextmanager
+def blob_store(kind: str, root: Path) -> Iterator[dict[str, str]]:
+    """The environment giving both nodes one blob store of ``kind``."""
+    if kind == "folder":
+        yield {"PACSNODE_BLOB_DIR": str(root / "shared-blobs")}
+        return
+    saved = {name: os.environ.get(name) for name in CREDENTIALS}
+    os.environ.update(CREDENTIALS)
+    server = ThreadedMotoServer(ip_address=HOST, port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        client(endpoint).create_bucket(Bucket="archive")
+        yield {
+            "PACSNODE_STORAGE__BACKEND": "s3",
+            "PACSNODE_STORAGE__S3_BUCKET": "archive",
+            "PACSNODE_STORAGE__S3_ENDPOINT_URL": endpoint,
+            "PACSNODE_STORAGE__S3_REGION": "us-east-1",
+            **CREDENTIALS,
+        }
+    finally:
+        server.stop()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@pytest.fixture(scope="module", params=["folder", "s3"])
+def cluster(
+    request: pytest.FixtureRequest,
+    postgres_admin_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Cluster]:
+    """Nodes A and B, started at the same moment on an empty catalog and an empty secrets
+    folder (one migrates while the other waits; both end up with the same keys)."""
+    root = tmp_path_factory.mktemp(f"multinode-{request.param}")
+    pki = Authority(root / "pki", "audit")
+    collector = Collector(pki.server())
+    with contextlib.ExitStack() as stack:
+        stack.callback(collector.stop)
+        url = stack.enter_context(new_postgres_database(postgres_admin_url))
+        env = {
+            "PACSNODE_DATABASE_URL": url,
+            "PACSNODE_DEID__SECRETS_DIR": str(root / "shared-secrets"),
+            "PACSNODE_FSYNC": "0",
+            "PACSNODE_SCHEDULER__LEASE_SECONDS": "5",
+            "PACSNODE_AUDIT__SYSLOG__HOST": HOST,
+            "PACSNODE_AUDIT__SYSLOG__PORT": str(collector.port),
+            "PACSNODE_AUDIT__SYSLOG__CAFILE": str(pki.ca_file),
+            **stack.enter_context(blob_store(request.param, root)),
+        }
+        ports = free_ports(4)
+        logs = [root / "a.log", root / "b.log"]
+        starting = [
+            pacsnode_process(
+                root / name,
+                dicom_port=ports[2 * n],
+                http_port=ports[2 * n + 1],
+                env=env,
+                log_path=logs[n],
+            )
+            for n, name in enumerate(("a", "b"))
+        ]
+        with ThreadPoolExecutor(2) as pool:
+            started = [pool.submit(node.__enter__) for node in starting]
+        for node, future in zip(starting, started, strict=True):
+            if future.exception() is None:
+                stack.push(node.__exit__)
+        a, b = (future.result() for future in started)
+        catalog = create_engine(url)
+        stack.callback(catalog.dispose)
+        wait_for(lambda: forwarded_all(catalog), "the audit trail forwarded")
+        secrets = load_secrets(root / "shared-secrets", create=False)
+        yield Cluster(
+            a=a,
+            b=b,
+            catalog=catalog,
+            pseudonyms=Pseudonymizer(secrets.hmac_key),
+            collector=collector,
+            frames_before=len(collector.frames),
+            audit_id_before=scalar(catalog, "SELECT max(id) FROM audit_event"),
+            logs=logs,
+        )
+
+
+@dataclass(frozen=True)
+class Original:
+    """An instance as the modality has it (with its patient data), and its file."""
+
+    dataset: Dataset
+    file: Path
+
+    @property
+    def study(self) -> str:
+        return str(self.dataset.StudyInstanceUID)
+
+
+def original(folder: Path, patient_id: str, study: str | None = None) -> Original:
+    ds = sample("CT_small.dcm")
+    ds.PatientID = patient_id
+    ds.PatientName = f"Doe^{patient_id}"
+    ds.StudyInstanceUID = study or generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    folder.mkdir(parents=True, exist_ok=True)
+    file = folder / f"{ds.SOPInstanceUID}.dcm"
+    file.write_bytes(part10(ds))
+    return Original(ds, file)
+
+
+def store_through(node: NodeProcess, instance: Original) -> None:
+    """C-STORE with dcmtk's storescu, as a modality would."""
+    sent = storescu(instance.file, port=node.dicom_port, aet_called=node.ae_title, timeout=60)
+    assert sent.ok, sent.output
+
+
+def stow_through(node: NodeProcess, instance: Original) -> None:
+    boundary = "multinode-boundary"
+    payload = (
+        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+        + instance.file.read_bytes()
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    answer = httpx.post(
+        f"{node.url}/dicom-web/studies",
+        content=payload,
+        headers={
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+            "Accept": "application/dicom+json",
+        },
+        timeout=60,
+    )
+    assert answer.status_code == 200, answer.text
+
+
+def qido_study(node: NodeProcess, study: str) -> list[dict[str, dict[str, list[object]]]]:
+    answer = httpx.get(
+        f"{node.url}/dicom-web/studies",
+        params={"StudyInstanceUID": study, "includefield": "00201208"},
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    found: list[dict[str, dict[str, list[object]]]] = answer.json()
+    return found
+
+
+def wado_instance(node: NodeProcess, study: str, series: str, sop: str) -> bytes:
+    answer = httpx.get(
+        f"{node.url}/dicom-web/studies/{study}/series/{series}/instances/{sop}",
+        headers={"Accept": DICOM_PART},
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    return single_part(answer)
+
+
+def c_find_studies(node: NodeProcess, study: str) -> list[Dataset]:
+    ae = AE(ae_title="FINDSCU")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = study
+    query.PatientID = ""
+    query.NumberOfStudyRelatedInstances = ""
+    assoc = ae.associate(HOST, node.dicom_port, ae_title=node.ae_title)
+    assert assoc.is_established
+    try:
+        found = [
+            identifier
+            for status, identifier in assoc.send_c_find(
+                query, StudyRootQueryRetrieveInformationModelFind
+            )
+            if status and status.Status in (0xFF00, 0xFF01) and identifier is not None
+        ]
+    finally:
+        assoc.release()
+    return found
+
+
+def c_get_study(node: NodeProcess, study: str) -> dict[str, bytes]:
+    """The instances of ``study`` sent back on a C-GET association, by SOP Instance UID."""
+    ae = AE(ae_title="GETSCU")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    received: dict[str, bytes] = {}
+
+    def on_store(event: Event) -> int:
+        received[str(event.request.AffectedSOPInstanceUID)] = event.encoded_dataset()
+        return 0x0000
+
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = study
+    assoc = ae.associate(
+        HOST,
+        node.dicom_port,
+        ae_title=node.ae_title,
+        ext_neg=[build_role(CTImageStorage, scp_role=True)],
+        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+    )
+    assert assoc.is_established
+    try:
+        statuses = [
+            status
+            for status, _ in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet)
+        ]
+    finally:
+        assoc.release()
+    assert statuses and int(statuses[-1].Status) == 0x0000
+    return received
+
+
+def test_stored_through_a_is_found_and_retrieved_through_b(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    sent = original(tmp_path, "MULTI-A-1")
+    store_through(cluster.a, sent)
+    # at once: no wait, no cache to refresh
+    study = cluster.pseudonyms.uid(sent.study)
+    series = cluster.pseudonyms.uid(str(sent.dataset.SeriesInstanceUID))
+    sop = cluster.pseudonyms.uid(str(sent.dataset.SOPInstanceUID))
+    [found] = qido_study(cluster.b, study)
+    assert found["00100020"]["Value"] == [cluster.pseudonyms.patient_id("MULTI-A-1")]
+    [matched] = c_find_studies(cluster.b, study)
+    assert matched.PatientID == cluster.pseudonyms.patient_id("MULTI-A-1")
+
+    through_b = wado_instance(cluster.b, study, series, sop)
+    assert through_b == wado_instance(cluster.a, study, series, sop)
+    retrieved = c_get_study(cluster.b, study)
+    assert list(retrieved) == [sop]
+    got = dcmread(BytesIO(retrieved[sop]), force=True)
+    assert got.PatientID == cluster.pseudonyms.patient_id("MULTI-A-1")
+    assert got.PixelData == sent.dataset.PixelData
+
+
+def test_stow_to_b_is_found_and_retrieved_through_a(cluster: Cluster, tmp_path: Path) -> None:
+    sent = original(tmp_path, "MULTI-B-1")
+    stow_through(cluster.b, sent)
+    study = cluster.pseudonyms.uid(sent.study)
+    [found] = qido_study(cluster.a, study)
+    assert found["00100020"]["Value"] == [cluster.pseudonyms.patient_id("MULTI-B-1")]
+    assert [m.StudyInstanceUID for m in c_find_studies(cluster.a, study)] == [study]
+    series = cluster.pseudonyms.uid(str(sent.dataset.SeriesInstanceUID))
+    sop = cluster.pseudonyms.uid(str(sent.dataset.SOPInstanceUID))
+    stored = dcmread(BytesIO(wado_instance(cluster.a, study, series, sop)))
+    assert stored.SOPInstanceUID == sop
+    assert stored.PixelData == sent.dataset.PixelData
+
+
+def test_one_patient_sent_to_both_nodes_gets_one_pseudonym_and_one_study(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    first = original(tmp_path / "a", "MULTI-SAME")
+    second = original(tmp_path / "b", "MULTI-SAME", study=first.study)
+    store_through(cluster.a, first)
+    stow_through(cluster.b, second)
+    study = cluster.pseudonyms.uid(first.study)
+    pseudonym = cluster.pseudonyms.patient_id("MULTI-SAME")
+    for node in (cluster.a, cluster.b):
+        [found] = qido_study(node, study)
+        assert found["00100020"]["Value"] == [pseudonym]
+        assert found["00201208"]["Value"] == [2]
+    patients = scalar(
+        cluster.catalog, f"SELECT count(*) FROM patient WHERE patient_id = '{pseudonym}'"
+    )
+    assert patients == 1
+    for log in cluster.logs:  # the original identifiers reach no log
+        assert "MULTI-SAME" not in log.read_text()
+        assert first.study not in log.read_text()
+
+
+def holder(cluster: Cluster) -> NodeProcess:
+    """The node holding the audit forwarding lease (its run record names its pid)."""
+    [node] = _rows(
+        cluster.catalog,
+        "SELECT node FROM job_run WHERE job_id = :job AND outcome = 'running'",
+        job=LEASE_NAME,
+    )
+    pid = int(str(node).rsplit(":", 1)[1])
+    return next(n for n in (cluster.a, cluster.b) if n.pid == pid)
+
+
+def test_both_nodes_forward_the_audit_trail_each_event_once(cluster: Cluster) -> None:
+    """Every event since the nodes started (queries here, and the requests of the tests
+    above, on both nodes) reached the collector once; then the forwarding node stops, the
+    other takes over, and the events that follow arrive once too. Without the lease both
+    nodes would send each."""
+    first = holder(cluster)
+    other = cluster.b if first is cluster.a else cluster.a
+    for _ in range(3):  # events on both nodes, each query one
+        assert qido_study(first, "1.2.3.4") == []
+        assert qido_study(other, "1.2.3.4") == []
+    wait_for(lambda: forwarded_all(cluster.catalog), "the trail forwarded")
+    time.sleep(1.5)  # a second node sending the same events would do it within its poll
+    events = scalar(
+        cluster.catalog, f"SELECT count(*) FROM audit_event WHERE id > {cluster.audit_id_before}"
+    )
+    frames = cluster.collector.frames[cluster.frames_before :]
+    assert events >= 6
+    assert len(frames) == events
+    assert len({body(frame) for frame in frames}) == events
+
+    first.terminate()
+    for _ in range(3):
+        assert qido_study(other, "1.2.3.4") == []
+    wait_for(lambda: forwarded_all(cluster.catalog), "the trail forwarded by the other node")
+    time.sleep(1.5)
+    assert holder(cluster) is other
+    events = scalar(
+        cluster.catalog, f"SELECT count(*) FROM audit_event WHERE id > {cluster.audit_id_before}"
+    )
+    frames = cluster.collector.frames[cluster.frames_before :]
+    assert len(frames) == events
+    assert len({body(frame) for frame in frames}) == events
+    outcomes = _rows(
+        cluster.catalog,
+        "SELECT outcome FROM job_run WHERE job_id = :job ORDER BY id",
+        job=LEASE_NAME,
+    )
+    assert outcomes == ["interrupted", "running"]
+
+
+def _rows(engine: Engine, sql: str, **params: object) -> list[object]:
+    with engine.connect() as connection:
+        return list(connection.execute(text(sql), params).scalars())
