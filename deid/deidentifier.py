@@ -236,10 +236,17 @@ def patient_key_of(ds: Dataset) -> str:
     The Patient ID; without one, the name and birth date (so one unidentified patient's
     instances stay together); without those either, the study (one patient per study).
     """
-    patient_id = text_of(ds, "PatientID")
+    key = patient_key(
+        text_of(ds, "PatientID"), text_of(ds, "PatientName"), text_of(ds, "PatientBirthDate")
+    )
+    return key or f"\x1fstudy\x1f{text_of(ds, 'StudyInstanceUID')}"
+
+
+def patient_key(patient_id: str, name: str, birth: str) -> str | None:
+    """:func:`patient_key_of` from the patient's originals; ``None`` when the study stands
+    for the patient."""
     if patient_id:
         return patient_id
-    name, birth = text_of(ds, "PatientName"), text_of(ds, "PatientBirthDate")
     if name or birth:
         return f"\x1fname\x1f{name}\x1f{birth}"
-    return f"\x1fstudy\x1f{text_of(ds, 'StudyInstanceUID')}"
+    return None

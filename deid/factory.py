@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from catalog.db import Database
 from config import Settings
 from deid.base import Deidentifier, PassThroughDeidentifier
-from deid.deidentifier import ProfileDeidentifier
+from deid.deidentifier import ProfileDeidentifier, patient_key
 from deid.pseudonym import Pseudonymizer
-from deid.secrets import NodeSecrets, load_secrets
-from deid.vault import Vault
+from deid.secrets import NodeSecrets, SecretsError, load_secrets
+from deid.vault import Vault, VaultError
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,13 @@ def build_deid(settings: Settings, db: Database, *, create: bool = True) -> Deid
     secrets = load_secrets(settings.secrets_root, create=create)
     pseudonymizer = _pseudonymizer(settings, secrets)
     vault = Vault(db, secrets.vault_key)
+    try:
+        vault.check_keys(lambda originals: _patient_pseudonym(pseudonymizer, originals))
+    except VaultError as exc:
+        raise SecretsError(
+            f"the secrets in {settings.secrets_root} are not this archive's ({exc}): give "
+            "every node sharing the catalog the archive's secrets (deid.secrets_dir)"
+        ) from None
     deidentifier: Deidentifier
     if settings.deid.enabled:
         deidentifier = ProfileDeidentifier(settings.deid, pseudonymizer, vault)
@@ -50,6 +57,18 @@ def build_deid(settings: Settings, db: Database, *, create: bool = True) -> Deid
         )
         deidentifier = PassThroughDeidentifier()
     return DeidParts(deidentifier, pseudonymizer, vault, secrets)
+
+
+def _patient_pseudonym(pseudonymizer: Pseudonymizer, originals: dict[str, str]) -> str | None:
+    """The pseudo Patient ID of a vault patient row's originals (``None``: keyed by study)."""
+    key = patient_key(
+        originals.get("patient_id", ""),
+        originals.get("patient_name", ""),
+        originals.get("patient_birth_date", ""),
+    )
+    if key is None:
+        return None
+    return pseudonymizer.patient_id(key, originals.get("issuer_of_patient_id", ""))
 
 
 def _pseudonymizer(settings: Settings, secrets: NodeSecrets) -> Pseudonymizer:

@@ -5,14 +5,16 @@ JSON, and the Fernet key lives in the secrets folder, never in the database. Wri
 idempotent (one row per kind and pseudonym, the first writer wins), so they can happen
 before the index transaction and be repeated by any node. Every read goes through
 :meth:`Vault.reidentify` or :meth:`Vault.all_originals`, which write an :class:`AuditEvent`
-first; the audit row names the pseudonym, never an original.
+first; the audit row names the pseudonym, never an original. The one exception,
+:meth:`Vault.check_keys` at a node's start, compares a few rows with what the node's keys
+make of them and returns nothing read.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -136,6 +138,24 @@ class Vault:
         """Record an action on the archive that is not a vault read (e.g. a release)."""
         with self.db.write() as session:
             record_audit(session, actor, action, target, outcome)
+
+    def check_keys(self, pseudonym_of: Callable[[dict[str, str]], str | None]) -> None:
+        """Raise :class:`VaultError` unless the oldest patient rows open with this vault's key
+        and ``pseudonym_of`` (what the node's HMAC key makes of a row's originals; ``None``:
+        nothing to compare) gives back their pseudonyms. An empty vault passes."""
+        with self.db.read() as session:
+            rows = session.execute(
+                select(VaultEntry.pseudonym, VaultEntry.token)
+                .where(VaultEntry.kind == "patient")
+                .order_by(VaultEntry.id)
+                .limit(8)
+            ).all()
+        for pseudonym, token in rows:
+            made = pseudonym_of(self._decrypt(token))
+            if made is not None and made != pseudonym:
+                raise VaultError("the archive's pseudonyms were made with another HMAC key")
+            if made is not None:
+                return
 
     def _decrypt(self, token: str) -> dict[str, str]:
         try:

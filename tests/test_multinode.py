@@ -6,7 +6,8 @@ docs/deployment.md sets them up behind a load balancer:
   retrieved through B (WADO-RS, C-GET), byte for byte as A serves it; a STOW-RS to B is
   found and retrieved through A;
 - the same original patient sent to A and to B gets one pseudonym and lands in one study
-  (the pseudonyms are computed here from the shared HMAC key);
+  (the pseudonyms are computed here from the shared HMAC key); a third node given other
+  secrets than the archive's refuses to start;
 - both nodes forward the audit trail to one syslog collector, which gets every event once,
   also when the forwarding node stops and the other takes over.
 
@@ -18,6 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -41,9 +45,10 @@ from sqlalchemy import Engine, create_engine, text
 
 from audit.forward import LEASE_NAME
 from deid import Pseudonymizer, load_secrets
+from deid.secrets import VAULT_KEY_FILE
 from tests.conftest import new_postgres_database
 from tests.dicom_bytes import part10, sample
-from tests.peers import HOST, NodeProcess, free_ports, pacsnode_process, storescu
+from tests.peers import HOST, REPO_ROOT, NodeProcess, free_ports, pacsnode_process, storescu
 from tests.pki import Authority
 from tests.test_audit_syslog import Collector, body
 from tests.test_s3_store import CREDENTIALS, client, single_part
@@ -64,6 +69,8 @@ class Cluster:
     """Audit messages the collector had when the nodes were up and the trail forwarded."""
     audit_id_before: int
     logs: list[Path]
+    env: dict[str, str]
+    """What both nodes were started with (catalog, blob store, secrets, audit)."""
 
 
 def wait_for(condition: Callable[[], object], what: str, timeout: float = 30.0) -> None:
@@ -170,6 +177,7 @@ def cluster(
             frames_before=len(collector.frames),
             audit_id_before=scalar(catalog, "SELECT max(id) FROM audit_event"),
             logs=logs,
+            env=env,
         )
 
 
@@ -357,6 +365,38 @@ def test_one_patient_sent_to_both_nodes_gets_one_pseudonym_and_one_study(
     for log in cluster.logs:  # the original identifiers reach no log
         assert "MULTI-SAME" not in log.read_text()
         assert first.study not in log.read_text()
+
+
+def test_a_node_given_other_secrets_refuses_to_start(cluster: Cluster, tmp_path: Path) -> None:
+    """An empty secrets folder (the node would make new keys) or another HMAC key beside the
+    right vault key: either would split the archive into pseudonyms that meet nothing."""
+    store_through(cluster.a, original(tmp_path / "sent", "MULTI-KEYS"))
+    shared = Path(cluster.env["PACSNODE_DEID__SECRETS_DIR"])
+    fresh, other_hmac = tmp_path / "fresh", tmp_path / "other-hmac"
+    other_hmac.mkdir(mode=0o700)
+    shutil.copy2(shared / VAULT_KEY_FILE, other_hmac / VAULT_KEY_FILE)
+    for secrets, reason in (
+        (fresh, "does not decrypt with this node's vault key"),
+        (other_hmac, "made with another HMAC key"),
+    ):
+        dicom_port, http_port = free_ports(2)
+        started = subprocess.run(
+            [
+                *(sys.executable, "-m", "node", "serve", "--data-dir", str(tmp_path / "c")),
+                *("--dicom-port", str(dicom_port), "--http-port", str(http_port)),
+            ],
+            env={**os.environ, **cluster.env, "PACSNODE_DEID__SECRETS_DIR": str(secrets)},
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert started.returncode == 1, started.stderr
+        assert "cannot start the node" in started.stderr
+        assert f"the secrets in {secrets} are not this archive's" in started.stderr
+        assert reason in started.stderr
+        assert "MULTI-KEYS" not in started.stderr
 
 
 def holder(cluster: Cluster) -> NodeProcess:

@@ -344,6 +344,7 @@ def test_two_nodes_sharing_postgresql_never_run_the_sync_twice(
     env = {
         "PACSNODE_DATABASE_URL": postgres_url,
         "PACSNODE_BLOB_DIR": str(shared_blobs),
+        "PACSNODE_DEID__SECRETS_DIR": str(tmp_path / "secrets"),
         "PACSNODE_ORTHANC_SYNC__ENABLED": "true",
         "PACSNODE_ORTHANC_SYNC__URL": source.url,
         "PACSNODE_ORTHANC_SYNC__INTERVAL": "1",
