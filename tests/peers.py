@@ -53,6 +53,7 @@ HOST: Final = "127.0.0.1"
 REPO_ROOT: Final = Path(__file__).resolve().parents[1]
 DCMTK_DIR: Final = Path("/usr/bin")
 ORTHANC_BIN: Final = Path("/usr/sbin/Orthanc")
+HAPROXY_BIN: Final = Path("/usr/sbin/haproxy")
 DICOMWEB_PLUGIN: Final = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 STARTUP_TIMEOUT: Final = 60.0
 STOP_TIMEOUT: Final = 30.0
@@ -292,6 +293,25 @@ def orthanc(
             yield OrthancPeer(url, http_port, dicom_port, aet, proc.pid, log_path)
     finally:
         shutil.rmtree(storage, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------ haproxy
+
+
+@contextmanager
+def haproxy(config: str, work_dir: Path, *, ready_port: int) -> Iterator[int]:
+    """Run haproxy in the foreground with ``config`` (written to ``work_dir/haproxy.cfg``, its
+    log beside it) until ``ready_port`` accepts connections; yields its pid."""
+    if not HAPROXY_BIN.is_file():
+        raise PeerError(f"haproxy is not at {HAPROXY_BIN}: install the Debian package 'haproxy'")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    config_path = work_dir / "haproxy.cfg"
+    config_path.write_text(config)
+    log_path = work_dir / "haproxy.log"
+    proc = _spawn([str(HAPROXY_BIN), "-db", "-f", str(config_path)], log_path, _env(False))
+    with _running(proc):
+        _wait_until(_tcp_open(ready_port), proc, "haproxy", log_path)
+        yield proc.pid
 
 
 # ------------------------------------------------------------------------------ DICOM receivers

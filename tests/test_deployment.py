@@ -24,11 +24,21 @@ from tests.pki import Authority
 DOC = REPO_ROOT / "docs" / "deployment.md"
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 HAPROXY = Path("/usr/sbin/haproxy")
+HAPROXY_PEM = "/etc/haproxy/pacsnode.pem"
+"""Where the guide's haproxy config has its certificate."""
 
 
 def blocks(language: str) -> list[str]:
     """The fenced code blocks of ``language`` in docs/deployment.md."""
     return re.findall(rf"^```{language}\n(.*?)^```$", DOC.read_text(), re.MULTILINE | re.DOTALL)
+
+
+def haproxy_pem(authority: Authority) -> Path:
+    """The certificate and key haproxy serves HTTPS with, in one PEM file (for 127.0.0.1)."""
+    pair = authority.server("haproxy")
+    pem = pair.certificate.with_name("haproxy.pem")
+    pem.write_bytes(pair.certificate.read_bytes() + pair.key.read_bytes())
+    return pem
 
 
 def node_config(tmp_path: Path, env: dict[str, str] | None = None) -> Settings:
@@ -94,11 +104,8 @@ def test_the_haproxy_config_passes_haproxy_check(tmp_path: Path) -> None:
     for word in ("mode tcp", "balance leastconn", "check port 8042", "option forwardfor"):
         assert word in config
     assert "X-Forwarded-Proto https" in config
-    pair = Authority(tmp_path / "pki", "haproxy").server()
-    pem = tmp_path / "pacsnode.pem"
-    pem.write_bytes(pair.certificate.read_bytes() + pair.key.read_bytes())
     file = tmp_path / "haproxy.cfg"
-    file.write_text(config.replace("/etc/haproxy/pacsnode.pem", str(pem)))
+    file.write_text(config.replace(HAPROXY_PEM, str(haproxy_pem(Authority(tmp_path, "lb")))))
     checked = subprocess.run(
         [str(HAPROXY), "-c", "-f", str(file)], capture_output=True, text=True, check=False
     )

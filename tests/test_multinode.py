@@ -8,6 +8,9 @@ docs/deployment.md sets them up behind a load balancer:
 - the same original patient sent to A and to B gets one pseudonym and lands in one study
   (the pseudonyms are computed here from the shared HMAC key); a third node given other
   secrets than the archive's refuses to start;
+- the guide's haproxy config, in front of both, spreads associations over them and passes
+  HTTPS on with the X-Forwarded-* headers the nodes believe (the URLs they answer are the
+  proxy's);
 - both nodes forward the audit trail to one syslog collector, which gets every event once,
   also when the forwarding node stops and the other takes over.
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 import time
@@ -48,9 +52,18 @@ from deid import Pseudonymizer, load_secrets
 from deid.secrets import VAULT_KEY_FILE
 from tests.conftest import new_postgres_database
 from tests.dicom_bytes import part10, sample
-from tests.peers import HOST, REPO_ROOT, NodeProcess, free_ports, pacsnode_process, storescu
+from tests.peers import (
+    HOST,
+    REPO_ROOT,
+    NodeProcess,
+    free_ports,
+    haproxy,
+    pacsnode_process,
+    storescu,
+)
 from tests.pki import Authority
 from tests.test_audit_syslog import Collector, body
+from tests.test_deployment import HAPROXY_PEM, blocks, haproxy_pem
 from tests.test_s3_store import CREDENTIALS, client, single_part
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -71,6 +84,8 @@ class Cluster:
     logs: list[Path]
     env: dict[str, str]
     """What both nodes were started with (catalog, blob store, secrets, audit)."""
+    kind: str
+    """The blob store: ``folder`` or ``s3``."""
 
 
 def wait_for(condition: Callable[[], object], what: str, timeout: float = 30.0) -> None:
@@ -178,6 +193,7 @@ def cluster(
             audit_id_before=scalar(catalog, "SELECT max(id) FROM audit_event"),
             logs=logs,
             env=env,
+            kind=request.param,
         )
 
 
@@ -369,34 +385,91 @@ def test_one_patient_sent_to_both_nodes_gets_one_pseudonym_and_one_study(
 
 def test_a_node_given_other_secrets_refuses_to_start(cluster: Cluster, tmp_path: Path) -> None:
     """An empty secrets folder (the node would make new keys) or another HMAC key beside the
-    right vault key: either would split the archive into pseudonyms that meet nothing."""
+    right vault key (one case per blob store, to save a node start): either would split the
+    archive into pseudonyms that meet nothing."""
     store_through(cluster.a, original(tmp_path / "sent", "MULTI-KEYS"))
-    shared = Path(cluster.env["PACSNODE_DEID__SECRETS_DIR"])
-    fresh, other_hmac = tmp_path / "fresh", tmp_path / "other-hmac"
-    other_hmac.mkdir(mode=0o700)
-    shutil.copy2(shared / VAULT_KEY_FILE, other_hmac / VAULT_KEY_FILE)
-    for secrets, reason in (
-        (fresh, "does not decrypt with this node's vault key"),
-        (other_hmac, "made with another HMAC key"),
+    secrets = tmp_path / "secrets"
+    if cluster.kind == "folder":
+        reason = "does not decrypt with this node's vault key"
+    else:
+        secrets.mkdir(mode=0o700)
+        shared = Path(cluster.env["PACSNODE_DEID__SECRETS_DIR"])
+        shutil.copy2(shared / VAULT_KEY_FILE, secrets / VAULT_KEY_FILE)
+        reason = "made with another HMAC key"
+    dicom_port, http_port = free_ports(2)
+    started = subprocess.run(
+        [
+            *(sys.executable, "-m", "node", "serve", "--data-dir", str(tmp_path / "c")),
+            *("--dicom-port", str(dicom_port), "--http-port", str(http_port)),
+        ],
+        env={**os.environ, **cluster.env, "PACSNODE_DEID__SECRETS_DIR": str(secrets)},
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert started.returncode == 1, started.stderr
+    assert "cannot start the node" in started.stderr
+    assert f"the secrets in {secrets} are not this archive's" in started.stderr
+    assert reason in started.stderr
+    assert "MULTI-KEYS" not in started.stderr
+
+
+def metric(node: NodeProcess, line_start: str) -> float:
+    text_ = httpx.get(f"{node.url}/metrics", timeout=10).text
+    return sum(
+        float(line.split()[-1]) for line in text_.splitlines() if line.startswith(line_start)
+    )
+
+
+def test_the_guides_haproxy_spreads_associations_and_passes_https_on(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    [config] = blocks("haproxy")
+    dicom_port, https_port = free_ports(2)
+    authority = Authority(tmp_path / "pki", "lb")
+    for before, after in (
+        (":11112\n", f"{HOST}:{dicom_port}\n"),
+        (":443 ", f"{HOST}:{https_port} "),
+        (HAPROXY_PEM, str(haproxy_pem(authority))),
+        *(
+            (
+                f"{address}:11112 check port 8042",
+                f"{HOST}:{node.dicom_port} check port {node.http_port}",
+            )
+            for address, node in (("10.0.0.11", cluster.a), ("10.0.0.12", cluster.b))
+        ),
+        *(
+            (f"{address}:8042 ", f"{HOST}:{node.http_port} ")
+            for address, node in (("10.0.0.11", cluster.a), ("10.0.0.12", cluster.b))
+        ),
     ):
-        dicom_port, http_port = free_ports(2)
-        started = subprocess.run(
-            [
-                *(sys.executable, "-m", "node", "serve", "--data-dir", str(tmp_path / "c")),
-                *("--dicom-port", str(dicom_port), "--http-port", str(http_port)),
-            ],
-            env={**os.environ, **cluster.env, "PACSNODE_DEID__SECRETS_DIR": str(secrets)},
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
+        assert before in config, before
+        config = config.replace(before, after)
+    stored = 'pacsnode_instances_total{door="dimse",outcome="stored"}'
+    counts = [metric(node, stored) for node in (cluster.a, cluster.b)]
+    sent = [original(tmp_path / str(n), f"MULTI-LB-{n}") for n in range(4)]
+    with haproxy(config, tmp_path / "haproxy", ready_port=dicom_port):
+        for instance in sent:  # one association each
+            result = storescu(instance.file, port=dicom_port, aet_called="PACSNODE", timeout=60)
+            assert result.ok, result.output
+        study = cluster.pseudonyms.uid(sent[0].study)
+        through = httpx.get(
+            f"https://{HOST}:{https_port}/dicom-web/studies",
+            params={"StudyInstanceUID": study},
+            verify=ssl.create_default_context(cafile=authority.ca_file),
+            timeout=30,
         )
-        assert started.returncode == 1, started.stderr
-        assert "cannot start the node" in started.stderr
-        assert f"the secrets in {secrets} are not this archive's" in started.stderr
-        assert reason in started.stderr
-        assert "MULTI-KEYS" not in started.stderr
+    spread = [
+        metric(node, stored) - count
+        for node, count in zip((cluster.a, cluster.b), counts, strict=True)
+    ]
+    assert sum(spread) == len(sent)
+    assert min(spread) >= 1  # leastconn: round robin among nodes equally loaded
+    assert through.status_code == 200, through.text
+    [found] = through.json()
+    assert found["00081190"]["Value"] == [f"https://{HOST}:{https_port}/dicom-web/studies/{study}"]
 
 
 def holder(cluster: Cluster) -> NodeProcess:
