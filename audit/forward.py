@@ -14,14 +14,20 @@ forwards). A node that stops moves the cursor past what it sent, then gives the 
 another takes it over and goes on from the cursor. Only a node that dies (or loses the
 catalog for longer than the lease) can leave messages sent but not counted, which its
 successor sends again: at least once, never lost.
+
+Event ids come from one sequence, but transactions (of other nodes, threads, commands)
+commit in any order: event 101 may be readable before event 100. The forwarder stops at a
+missing id and waits for it up to :data:`GAP_WAIT` seconds (a rolled-back transaction
+leaves a gap for ever), so that the cursor never passes an event that is still coming.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 
 from audit.events import outcome_of
@@ -41,6 +47,8 @@ log = logging.getLogger("pacsnode.audit")
 
 _CURSOR = "syslog"
 LEASE_NAME = "audit_forward"
+GAP_WAIT = 10.0
+"""Seconds to wait for a missing event id before passing it by."""
 _BATCH = 200
 
 
@@ -68,6 +76,8 @@ class AuditForwarder:
         """The events read and not yet written to the collector: (id, handed to the
         sender; ``False`` for one that could not be rendered, passed over at once)."""
         self._accounted = 0
+        self._gaps: dict[int, float] = {}
+        """First missing id of a gap before a readable event: when it was first seen."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="audit-forward", daemon=True)
 
@@ -127,6 +137,7 @@ class AuditForwarder:
                 limit=min(_BATCH, self._room - len(self._handed)),
                 newest_first=False,
             )
+        events = self._without_gaps(after, events)
         for event in events:
             assert event.id is not None
             try:
@@ -138,6 +149,21 @@ class AuditForwarder:
             self.sender.send(message, event.at, severity_for(outcome_of(event.outcome)))
             self._handed.append((event.id, True))
         return max([after, *(event.id or 0 for event in events)])
+
+    def _without_gaps(self, after: int, events: Sequence[AuditRecord]) -> list[AuditRecord]:
+        """``events`` up to the first missing id, unless it has been missing for
+        :data:`GAP_WAIT` seconds."""
+        ready: list[AuditRecord] = []
+        expected = after + 1
+        now = time.monotonic()
+        for event in events:
+            assert event.id is not None
+            if event.id != expected and now - self._gaps.setdefault(expected, now) < GAP_WAIT:
+                break
+            ready.append(event)
+            expected = event.id + 1
+        self._gaps = {first: seen for first, seen in self._gaps.items() if first >= expected}
+        return ready
 
     def _advance(self) -> None:
         """Move the cursor past the events the collector has received."""

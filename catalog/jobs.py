@@ -192,9 +192,10 @@ class Lease:
         return self._run_id is not None
 
     def release(self, summary: str) -> None:
-        """Give the lease up (the node stops): another node may take it at once."""
+        """Give the lease up (the node stops): another node may take it at once. The run
+        ends ``succeeded``, so that a node's alerts count only leases whose node died."""
         if self._run_id is not None:
-            finish_run(self.db, self._run_id, RunOutcome.INTERRUPTED, summary)
+            finish_run(self.db, self._run_id, RunOutcome.SUCCEEDED, summary)
             self._run_id = None
 
 

@@ -308,6 +308,7 @@ def test_a_node_forwards_its_whole_trail_and_misses_nothing_while_the_collector_
         import httpx
 
         assert httpx.get(f"http://127.0.0.1:{node.http_port}/dicom-web/studies").is_success
+        node.core.audit.flush()  # the query's event first: it is written from a queue
         with node.core.db.write() as session:  # as `pacsnode reidentify` would, elsewhere
             record_audit(session, "cli admin@host", "reidentify", "patient:P1", "not_found")
         frames = collector.wait_for(2, timeout=10)

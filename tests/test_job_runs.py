@@ -4,6 +4,7 @@ fetched studies, and locating instances to retrieve (SQLite and PostgreSQL)."""
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -11,7 +12,15 @@ import pytest
 from sqlalchemy import select, update
 
 from catalog import Database, RetrieveKeys, locate_keys
-from catalog.jobs import RunOutcome, claim_run, finish_run, job_runs, last_runs, renew_lease
+from catalog.jobs import (
+    Lease,
+    RunOutcome,
+    claim_run,
+    finish_run,
+    job_runs,
+    last_runs,
+    renew_lease,
+)
 from catalog.models import JobRun, Patient, Study
 from catalog.sync import (
     StudySyncStatus,
@@ -163,3 +172,23 @@ def test_locate_matches_each_level_and_narrows_by_the_levels_above(
     )
     with pytest.raises(ValueError, match="at least one unique key"):
         RetrieveKeys()
+
+
+def test_a_lease_is_held_by_one_node_and_handed_over(db: Database) -> None:
+    """The audit forwarder's lease: one holder; a stopping holder hands it over at once, a
+    dead one (no renewal for the lease's length) loses it to the next node that asks."""
+    lease = timedelta(seconds=1)
+    a = Lease(db, "audit_forward", lease, node="node-a")
+    b = Lease(db, "audit_forward", lease, node="node-b")
+    assert a.hold()
+    assert not b.hold()
+    a.release("node stopped")
+    assert not a.held
+    time.sleep(0.3)  # past b's next check (lease / 4)
+    assert b.hold()
+    time.sleep(1.2)  # b dies: it renews no more
+    assert a.hold()
+    time.sleep(0.3)
+    assert not b.hold()  # its late renewal finds its run abandoned, and a alive
+    outcomes = [run.outcome for run in reversed(job_runs(db, "audit_forward"))]
+    assert outcomes == [RunOutcome.SUCCEEDED, RunOutcome.ABANDONED, RunOutcome.RUNNING]
