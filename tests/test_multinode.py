@@ -12,7 +12,8 @@ docs/deployment.md sets them up behind a load balancer:
   HTTPS on with the X-Forwarded-* headers the nodes believe (the URLs they answer are the
   proxy's);
 - both nodes forward the audit trail to one syslog collector, which gets every event once,
-  also when the forwarding node stops and the other takes over.
+  also when the forwarding node stops and the other takes over, and also an event whose
+  transaction commits after a later one's.
 
 That each scheduled job run runs on one node only is tested with the Orthanc sync in
 tests/test_orthanc.py (``test_two_nodes_sharing_postgresql_never_run_the_sync_twice``).
@@ -28,7 +29,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, timedelta
@@ -70,6 +71,7 @@ from tests.peers import (
 from tests.pki import Authority
 from tests.test_audit_syslog import HEADER, Collector, body
 from tests.test_deployment import HAPROXY_PEM, blocks, haproxy_pem
+from tests.test_orthanc import scalar, wait_for
 from tests.test_s3_store import CREDENTIALS, client, single_part
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -91,19 +93,6 @@ class Cluster:
     """What both nodes were started with (catalog, blob store, secrets, audit)."""
     kind: str
     """The blob store: ``folder`` or ``s3``."""
-
-
-def wait_for(condition: Callable[[], object], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
-def scalar(engine: Engine, sql: str) -> int:
-    with engine.connect() as connection:
-        return int(connection.execute(text(sql)).scalar() or 0)
 
 
 def forwarded_all(engine: Engine) -> bool:
