@@ -295,7 +295,7 @@ class Generator:
         self.projects = rules.projects_for(
             door=DOOR, calling_aet=CALLING_AET, called_aet=CALLED_AET, attribute=lambda _: ""
         )
-        self._ids = dict.fromkeys(("patient", "study", "series", "instance", "change", "audit"), 0)
+        self._ids: dict[str, int] = {}
         self._patients: dict[int, int] = {}
 
     def _next(self, table: str) -> int:
@@ -303,7 +303,9 @@ class Generator:
         return self._ids[table]
 
     def batches(self) -> Iterator[_Rows]:
-        """Rows in load order, about :data:`_BATCH` at a time."""
+        """Rows in load order, about :data:`_BATCH` at a time (the same on every call)."""
+        self._ids = dict.fromkeys(("patient", "study", "series", "instance", "change", "audit"), 0)
+        self._patients = {}
         rows = _Rows()
         for plan in plan_studies(self.shape, self.pseudonyms):
             self._study_rows(plan, rows)

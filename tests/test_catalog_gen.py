@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from pathlib import Path
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -96,6 +97,7 @@ def _rows(url: str) -> dict[str, list[dict[str, Any]]]:
 
 @dataclass(frozen=True)
 class Catalogs:
+    generator: Generator
     generated: Database
     generated_url: str
     written: Database
@@ -114,7 +116,7 @@ def catalogs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Catalogs]:
     written_db = Database(written.catalog_url)
     _index_through_writer(generator, written_db)
     generated_db = Database(generated.catalog_url)
-    yield Catalogs(generated_db, generated.catalog_url, written_db, written.catalog_url)
+    yield Catalogs(generator, generated_db, generated.catalog_url, written_db, written.catalog_url)
     generated_db.dispose()
     written_db.dispose()
 
@@ -126,6 +128,21 @@ def test_generated_rows_are_the_writers(catalogs: Catalogs) -> None:
     assert len(actual["patient"]) == 2
     for table in TABLES:
         assert actual[table] == expected[table], table
+
+
+@pytest.mark.postgres
+def test_postgresql_load_holds_the_same_rows(
+    catalogs: Catalogs, postgres_url: str, tmp_path: Path
+) -> None:
+    """On PostgreSQL the big tables go in through COPY."""
+    build_core(load_settings(data_dir=tmp_path / "pg", database_url=postgres_url)).close()
+    fill(postgres_url, catalogs.generator)
+    assert _rows(postgres_url) == _rows(catalogs.generated_url)
+    engine = create_engine(postgres_url)
+    with engine.connect() as connection:  # the sequences continue after the loaded ids
+        next_id = connection.scalar(text("SELECT nextval('instance_id_seq')"))
+    engine.dispose()
+    assert next_id == SHAPE.instances + 1
 
 
 @pytest.mark.parametrize(
