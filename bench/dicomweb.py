@@ -192,7 +192,16 @@ def main() -> int:
 
         def import_files(folder: Path) -> None:
             subprocess.run(
-                [sys.executable, "-m", "node", "import", "--data-dir", str(data), str(folder)],
+                [
+                    sys.executable,
+                    "-m",
+                    "node",
+                    "import",
+                    "--create",
+                    "--data-dir",
+                    str(data),
+                    str(folder),
+                ],
                 check=True,
                 env={**os.environ, **env},
                 cwd=Path(__file__).resolve().parents[1],

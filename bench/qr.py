@@ -138,7 +138,16 @@ def load_pacsnode(folder: Path, data_dir: Path, expected: int) -> float:
     """
     started = time.perf_counter()
     subprocess.run(
-        [sys.executable, "-m", "node", "import", str(folder), "--data-dir", str(data_dir)],
+        [
+            sys.executable,
+            "-m",
+            "node",
+            "import",
+            "--create",
+            str(folder),
+            "--data-dir",
+            str(data_dir),
+        ],
         check=False,
         capture_output=True,
         env={**os.environ, **PACSNODE_LOAD_ENV},
