@@ -298,3 +298,16 @@ def test_stop_lets_a_running_store_finish_and_leaves_no_worker(tmp_path: Path) -
         assert node.proc.wait(60) == 0
         wait_for(lambda: not any(psutil.pid_exists(pid) for pid in workers), "the workers gone", 10)
         assert catalog_counts(tmp_path / "data") == (1, 1)
+
+
+@pytest.mark.postgres
+def test_workers_share_a_postgresql_catalog(tmp_path: Path, postgres_url: str) -> None:
+    dataset = generate(tmp_path / "synthetic", SyntheticSpec(patients=2, ct_slices=4, mr_slices=2))
+    with start_node(tmp_path, {"PACSNODE_DATABASE_URL": postgres_url}) as node:
+        result = storescu(
+            tmp_path / "synthetic", port=node.dicom_port, aet_called=node.ae_title, associations=4
+        )
+        assert result.ok, result.output
+        _, body = http_get(f"{node.url}/dicom-web/instances?limit=1000")
+        assert len(json.loads(body)) == len(dataset.files)
+        assert metric(node, r"pacsnode_catalog_instances") == len(dataset.files)
