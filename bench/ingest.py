@@ -59,7 +59,7 @@ TARGETS: Final = ("pacsnode", "orthanc", "storescp", "bare", "bare-durable", "pa
 ASSOCIATIONS: Final = (1, 4)
 SMALL_SPEC: Final = SyntheticSpec(patients=3, ct_slices=10, mr_slices=5, rows=128, columns=128)
 
-console = Console()
+console = Console(width=120)  # the tables' columns, also when the output is a file
 _http = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -192,18 +192,20 @@ def peak_rss_bytes(pid: int) -> int:
     return total
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """User + system seconds of ``pid`` and its descendants: the live ones' own, and the
-    reaped ones' (counted in their parent's ``children_*`` times)."""
+def tree_cpu_seconds(pid: int) -> dict[int, float]:
+    """User + system seconds of ``pid`` and of each of its descendants: the live ones' own,
+    with the reaped ones' (counted in their parent's ``children_*`` times)."""
     root = psutil.Process(pid)
-    total = 0.0
+    seconds = {}
     for process in [root, *root.children(recursive=True)]:
         try:
             times = process.cpu_times()
         except psutil.NoSuchProcess:
             continue  # ended between the listing and now: its parent counts it once reaped
-        total += times.user + times.system + times.children_user + times.children_system
-    return total
+        seconds[process.pid] = (
+            times.user + times.system + times.children_user + times.children_system
+        )
+    return seconds
 
 
 # ---------------------------------------------------------------------------------------- run
@@ -223,6 +225,9 @@ class Run:
     """User + system time of the target's processes during the push."""
     workers: int | None = None
     """pacsnode's ``serve --workers``; None for the peers."""
+    cpu_by_process: tuple[float, ...] = ()
+    """The same, per process of the target (0.05 s and more), busiest first: how evenly the
+    kernel spread the associations over pacsnode's workers."""
 
     @property
     def label(self) -> str:
@@ -243,7 +248,10 @@ def measure(
         result = storescu(
             files, port=endpoint.port, aet_called=endpoint.aet, associations=associations
         )
-        cpu = tree_cpu_seconds(endpoint.tree) - cpu_before
+        cpu_after = tree_cpu_seconds(endpoint.tree)
+        by_process = sorted(
+            (cpu_after[p] - cpu_before.get(p, 0.0) for p in cpu_after), reverse=True
+        )
         if not result.ok:
             raise BenchError(
                 f"storescu to {target} exited with {result.returncodes}:\n{result.output}"
@@ -258,8 +266,9 @@ def measure(
         result.instances_per_s,
         result.mb_per_s,
         rss,
-        cpu,
+        sum(by_process),
         workers,
+        tuple(round(s, 2) for s in by_process if s >= 0.05),
     )
 
 
@@ -341,7 +350,8 @@ def print_scaling(runs: Sequence[Run]) -> None:
     if len({r.workers for r in nodes}) < 2:
         return
     table = Table(title=f"pacsnode scaling with --workers ({cores} cores)")
-    for column in ("workers", "assoc.", "inst/s", "CPU ms/inst", "ceiling inst/s", "of ceiling"):
+    columns = ("workers", "assoc.", "inst/s", "CPU ms/inst", "ceiling inst/s", "of ceiling")
+    for column in (*columns, "cores used", "CPU s per process"):
         table.add_column(column, justify="right")
     for r in sorted(nodes, key=lambda r: (r.workers or 0, r.associations)):
         ceiling = min(r.workers or 1, cores) * 1000 / r.cpu_ms_per_instance
@@ -352,6 +362,8 @@ def print_scaling(runs: Sequence[Run]) -> None:
             f"{r.cpu_ms_per_instance:.1f}",
             f"{ceiling:.0f}",
             f"{r.instances_per_s / ceiling:.0%}",
+            f"{r.cpu_seconds / r.seconds:.2f}",
+            " ".join(f"{s:.1f}" for s in r.cpu_by_process),
         )
     console.print(table)
 

@@ -35,6 +35,7 @@ from typing import Any
 
 from config import Settings
 from ingest import IngestResult, Outcome
+from scp.slots import SharedSlots
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,8 @@ class WorkerPool:
         self.count = count
         self._on_result = on_result
         self._context = multiprocessing.get_context("spawn")
+        limited = [e.ae_title for e in settings.allowed_calling_aets if e.max_associations]
+        self._slots = SharedSlots(self._context, count, limited)
         self._reserved: dict[str, socket.socket] = {}
         self._workers: dict[int, _Worker] = {}
         self._restart_at: dict[int, float] = {}
@@ -191,7 +194,7 @@ class WorkerPool:
         )
         process = self._context.Process(
             target=run_worker,
-            args=(settings.model_dump(), slot, sender, sys.getswitchinterval()),
+            args=(settings.model_dump(), slot, sender, sys.getswitchinterval(), self._slots),
             name=f"pacsnode-dicom-{slot}",
         )
         process.start()
@@ -241,6 +244,7 @@ class WorkerPool:
         worker.process.join(5)
         worker.messages.close()
         worker.associations = 0
+        self._slots.clear(worker.slot)
         code = worker.process.exitcode
         if not self._running:  # still starting: start_tls() reports it
             worker.failure = worker.failure or f"exited with status {code}"
@@ -289,7 +293,9 @@ class _Reporter:
         self.send("result", result.source.door, result.outcome.value, result.seconds, result.size)
 
 
-def run_worker(values: dict[str, Any], slot: int, connection: Connection, switch: float) -> None:
+def run_worker(
+    values: dict[str, Any], slot: int, connection: Connection, switch: float, slots: SharedSlots
+) -> None:
     """A worker's main: build a core, listen on the DICOM ports, serve until SIGTERM/SIGINT
     or until the main process is gone, then stop gracefully."""
     from node.app import build_core
@@ -314,7 +320,9 @@ def run_worker(values: dict[str, Any], slot: int, connection: Connection, switch
         threading.Thread(target=watch_parent, name="parent", daemon=True).start()
     reporter = _Reporter(connection)
     core = build_core(settings, listeners=(reporter.result,), migrate=False)
-    dicom = DicomServer(settings, core.ingestor, core.audit, reuse_port=True)
+    dicom = DicomServer(
+        settings, core.ingestor, core.audit, reuse_port=True, shared=slots.for_worker(slot)
+    )
     try:
         try:
             dicom.start()
@@ -325,6 +333,7 @@ def run_worker(values: dict[str, Any], slot: int, connection: Connection, switch
         reporter.send("ready")
         reported = 0
         while not stop.wait(COUNT_INTERVAL):
+            dicom.peers.refresh()
             count = dicom.active_associations()
             if count != reported:
                 reporter.send("associations", count)

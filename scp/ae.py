@@ -37,6 +37,7 @@ from scp import find, handlers, retrieve, tls
 from scp.audit import DimseAudit
 from scp.commitment import StorageCommitmentSCP
 from scp.peers import Peers
+from scp.slots import SharedSlots
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ sent an A-ASSOCIATE-RQ; the node applies ``max_associations`` itself
 class DicomServer:
     """The DIMSE side of a node: an AE listening on the DICOM port and, with
     ``dicom_tls.enabled``, on the DICOM TLS port (one AE: ``max_associations`` and the
-    per-AE limits count both).
+    per-AE limits count both; with ``shared``, the node's other DICOM worker processes too).
 
     A connection must complete association negotiation within ``acse_timeout`` seconds, and
     an aborted association (e.g. after ``network_timeout``) must be gone ``acse_timeout``
@@ -71,13 +72,14 @@ class DicomServer:
         audit: AuditTrail | None = None,
         *,
         reuse_port: bool = False,
+        shared: SharedSlots | None = None,
     ) -> None:
         # Retrieves read from the catalog and the blob store the ingest pipeline writes to.
         db, blobs = ingestor.catalog.db, ingestor.blobs
         self.settings = settings
         self.ae = build_ae(settings)
         self._server_class = ReusePortServer if reuse_port else ThreadedAssociationServer
-        self.peers = Peers(settings)
+        self.peers = Peers(settings, shared)
         self.audit = DimseAudit(audit)
         self.commitment = StorageCommitmentSCP(ingestor, settings, self.peers)
         self._tls_context = (
@@ -105,6 +107,8 @@ class DicomServer:
             (evt.EVT_ABORTED, handlers.handle_aborted),
             (evt.EVT_ABORTED, self._aborted),
         ]
+        if shared is not None:  # the other workers see a slot free at once
+            self._handlers.append((evt.EVT_CONN_CLOSE, self.peers.refresh))
         self._server: ThreadedAssociationServer | None = None
         self._tls_server: ThreadedAssociationServer | None = None
         self._deadlines: weakref.WeakKeyDictionary[Association, tuple[float, str]] = (

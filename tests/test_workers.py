@@ -22,6 +22,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE, StoragePresentationContexts, build_role, evt
+from pynetdicom.association import Association
 from pynetdicom.events import Event
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
@@ -38,6 +39,8 @@ from tests.synthetic import SyntheticDataset, SyntheticSpec, generate
 pytestmark = pytest.mark.slow
 
 WORKERS = 2
+MAX_ASSOCIATIONS = 6
+CALLERS = ["STORESCU", "WORKSCU", {"ae_title": "LIMITED", "max_associations": 1}]
 SPEC = SyntheticSpec(patients=2, ct_slices=6, mr_slices=3, rows=32, columns=32)
 
 
@@ -122,7 +125,11 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     dataset = generate(root / "synthetic", SPEC)
     (receiver_port,) = free_ports(1)
     destinations = [{"ae_title": "MOVEDEST", "host": HOST, "port": receiver_port}]
-    env = {"PACSNODE_QR__DESTINATIONS": json.dumps(destinations)}
+    env = {
+        "PACSNODE_QR__DESTINATIONS": json.dumps(destinations),
+        "PACSNODE_ALLOWED_CALLING_AETS": json.dumps(CALLERS),
+        "PACSNODE_MAX_ASSOCIATIONS": str(MAX_ASSOCIATIONS),
+    }
     with start_node(root, env) as node:
         result = storescu(
             root / "synthetic", port=node.dicom_port, aet_called=node.ae_title, associations=4
@@ -175,6 +182,39 @@ def test_metrics_count_the_associations_open_in_a_worker(running: Running) -> No
         for assoc in held:
             assoc.release()
     wait_for(lambda: metric(running.node, gauge) == 0.0, "no association counted", 10)
+
+
+def test_association_limits_count_the_associations_of_every_worker(running: Running) -> None:
+    node = running.node
+    gauge = r"pacsnode_dimse_active_associations"
+
+    def associations(title: str, count: int) -> list[Association]:
+        ae = AE(ae_title=title)
+        ae.add_requested_context(Verification)
+        return [ae.associate(HOST, node.dicom_port, ae_title=node.ae_title) for _ in range(count)]
+
+    # one process holds about half of them: alone, it would admit the late ones
+    held = associations("WORKSCU", MAX_ASSOCIATIONS)
+    try:
+        assert all(assoc.is_established for assoc in held)
+        late = associations("WORKSCU", 4)
+        assert not any(assoc.is_established for assoc in late)
+        assert all(assoc.is_rejected for assoc in late)
+    finally:
+        for assoc in held:
+            assoc.release()
+    wait_for(lambda: metric(node, gauge) == 0.0, "no association counted", 10)
+
+    (first,) = associations("LIMITED", 1)
+    try:
+        assert first.is_established
+        others = associations("LIMITED", 6)  # its max_associations is 1, on any worker
+        assert not any(assoc.is_established for assoc in others)
+    finally:
+        first.release()
+    log = node.log_path.read_text(errors="replace")
+    assert "no free association slot (max_associations 6)" in log
+    assert "calling AE title already has 1 associations open" in log
 
 
 def test_c_find_c_get_and_c_move_are_answered_by_the_workers(running: Running) -> None:
