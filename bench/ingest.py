@@ -16,8 +16,9 @@ before acknowledging can reach against the bare one.
 
 ``--workers`` runs pacsnode once per value of ``serve --workers`` (``PACSNODE_WORKERS``), and
 prints a scaling table: throughput and CPU per instance against the CPU-bound ceiling
-``min(workers, cores) / CPU per instance``. CPU is the user + system time of the receiving
-process and all its descendants (live and reaped) during the push, divided by the instances.
+``min(workers, associations, cores) / CPU per instance``. CPU is the user + system time of
+the receiving process and all its descendants (live and reaped) during the push, divided by
+the instances.
 """
 
 from __future__ import annotations
@@ -344,7 +345,8 @@ def print_report(runs: Sequence[Run], figures: dict[str, float]) -> None:
 
 def print_scaling(runs: Sequence[Run]) -> None:
     """pacsnode per worker count: measured throughput against the CPU-bound ceiling
-    ``min(workers, cores) / CPU per instance`` of the same run."""
+    ``min(workers, associations, cores) / CPU per instance`` of the same run (an association
+    is served by one worker), the cores used, and the CPU seconds of each process."""
     cores = len(os.sched_getaffinity(0))
     nodes = [r for r in runs if r.target == "pacsnode" and r.workers is not None]
     if len({r.workers for r in nodes}) < 2:
@@ -354,7 +356,7 @@ def print_scaling(runs: Sequence[Run]) -> None:
     for column in (*columns, "cores used", "CPU s per process"):
         table.add_column(column, justify="right")
     for r in sorted(nodes, key=lambda r: (r.workers or 0, r.associations)):
-        ceiling = min(r.workers or 1, cores) * 1000 / r.cpu_ms_per_instance
+        ceiling = min(r.workers or 1, r.associations, cores) * 1000 / r.cpu_ms_per_instance
         table.add_row(
             str(r.workers),
             str(r.associations),

@@ -97,7 +97,7 @@ class WorkerPool:
         self._reserved: dict[str, socket.socket] = {}
         self._workers: dict[int, _Worker] = {}
         self._restart_at: dict[int, float] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # also held while a worker is restarted (spawned)
         self._stopping = threading.Event()
         self._running = False
         self._supervisor: threading.Thread | None = None
@@ -159,8 +159,8 @@ class WorkerPool:
     def stop(self, grace: float) -> None:
         """SIGTERM every worker (each stops listening, lets its associations finish for
         ``grace`` s, aborts the rest and closes its core), wait, SIGKILL a late one."""
-        self._stopping.set()
-        with self._lock:
+        with self._lock:  # no restart after this: every worker gets the SIGTERM
+            self._stopping.set()
             workers = list(self._workers.values())
         for worker in workers:
             if worker.process.is_alive() and worker.process.pid is not None:
@@ -268,10 +268,11 @@ class WorkerPool:
 
     def _restart_due(self) -> None:
         now = time.monotonic()
-        for slot, when in list(self._restart_at.items()):
-            if when <= now and not self._stopping.is_set():
-                del self._restart_at[slot]
-                self._spawn(slot)
+        with self._lock:
+            for slot, when in list(self._restart_at.items()):
+                if when <= now and not self._stopping.is_set():
+                    del self._restart_at[slot]
+                    self._spawn(slot)
 
 
 # ------------------------------------------------------------------------- the worker itself

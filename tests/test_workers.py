@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import ssl
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -34,6 +35,7 @@ from sqlalchemy import create_engine, func, select
 
 from catalog.models import Instance, Series, Study
 from tests.peers import HOST, NodeProcess, free_ports, pacsnode_process, storescu
+from tests.pki import Authority
 from tests.synthetic import SyntheticDataset, SyntheticSpec, generate
 
 pytestmark = pytest.mark.slow
@@ -47,11 +49,14 @@ SPEC = SyntheticSpec(patients=2, ct_slices=6, mr_slices=3, rows=32, columns=32)
 def worker_pids(node: NodeProcess) -> set[int]:
     """The node's DICOM workers: its spawned children (not multiprocessing's resource
     tracker, its other child)."""
-    return {
-        child.pid
-        for child in psutil.Process(node.pid).children()
-        if "spawn_main" in " ".join(child.cmdline())
-    }
+    pids = set()
+    for child in psutil.Process(node.pid).children():
+        try:
+            if "spawn_main" in " ".join(child.cmdline()):
+                pids.add(child.pid)
+        except psutil.Error:  # gone, or a zombie its parent has not reaped yet
+            continue
+    return pids
 
 
 def wait_for(check: object, what: str, timeout: float = 60.0) -> None:
@@ -117,25 +122,36 @@ class Running:
     data_dir: Path
     dataset: SyntheticDataset
     receiver_port: int
+    tls_port: int
+    ca_file: Path
 
 
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     root = tmp_path_factory.mktemp("workers")
     dataset = generate(root / "synthetic", SPEC)
+    ca = Authority(root / "pki", "hospital")
+    server = ca.server()
     (receiver_port,) = free_ports(1)
     destinations = [{"ae_title": "MOVEDEST", "host": HOST, "port": receiver_port}]
     env = {
         "PACSNODE_QR__DESTINATIONS": json.dumps(destinations),
         "PACSNODE_ALLOWED_CALLING_AETS": json.dumps(CALLERS),
         "PACSNODE_MAX_ASSOCIATIONS": str(MAX_ASSOCIATIONS),
+        "PACSNODE_DICOM_TLS__ENABLED": "true",
+        "PACSNODE_DICOM_TLS__PORT": "0",  # the main process binds first, the workers follow
+        "PACSNODE_DICOM_TLS__CERTIFICATE": str(server.certificate),
+        "PACSNODE_DICOM_TLS__KEY": str(server.key),
+        "PACSNODE_DICOM_TLS__REQUIRE_CLIENT_CERTIFICATE": "false",
     }
     with start_node(root, env) as node:
         result = storescu(
             root / "synthetic", port=node.dicom_port, aet_called=node.ae_title, associations=4
         )
         assert result.ok, result.output
-        yield Running(node, root / "data", dataset, receiver_port)
+        found = re.findall(r"listening for TLS on 127\.0\.0\.1:(\d+)", node.log_path.read_text())
+        assert len(found) == WORKERS and len(set(found)) == 1  # each worker, one port
+        yield Running(node, root / "data", dataset, receiver_port, int(found[0]), ca.ca_file)
 
 
 def collect(into: list[str]) -> Callable[[Event], int]:
@@ -292,6 +308,19 @@ def test_c_find_c_get_and_c_move_are_answered_by_the_workers(running: Running) -
     assert len(moved) == count
 
 
+def test_the_workers_serve_the_dicom_tls_port(running: Running) -> None:
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=running.ca_file)
+    ae = AE(ae_title="WORKSCU")
+    ae.add_requested_context(Verification)
+    for _ in range(4):
+        assoc = ae.associate(
+            HOST, running.tls_port, ae_title=running.node.ae_title, tls_args=(context, "localhost")
+        )
+        assert assoc.is_established
+        assert assoc.send_c_echo().Status == 0x0000
+        assoc.release()
+
+
 def test_a_killed_worker_is_restarted(running: Running) -> None:
     node = running.node
     before = worker_pids(node)
@@ -317,7 +346,8 @@ def test_stop_lets_a_running_store_finish_and_leaves_no_worker(tmp_path: Path) -
     dataset = generate(tmp_path / "synthetic", SyntheticSpec(patients=1, ct_slices=2, mr_slices=1))
     first = dcmread(dataset.files[0])
     with start_node(tmp_path) as node:
-        workers = worker_pids(node)
+        descendants = {c.pid for c in psutil.Process(node.pid).children(recursive=True)}
+        assert len(worker_pids(node) & descendants) == WORKERS
         ae = AE(ae_title="WORKSCU")
         ae.add_requested_context(first.SOPClassUID, first.file_meta.TransferSyntaxUID)
         ae.add_requested_context(Verification)
@@ -336,7 +366,9 @@ def test_stop_lets_a_running_store_finish_and_leaves_no_worker(tmp_path: Path) -
         assert assoc.send_c_store(first).Status == 0x0000  # the running one still stores
         assoc.release()
         assert node.proc.wait(60) == 0
-        wait_for(lambda: not any(psutil.pid_exists(pid) for pid in workers), "the workers gone", 10)
+        wait_for(  # the workers and multiprocessing's resource tracker
+            lambda: not any(psutil.pid_exists(pid) for pid in descendants), "children gone", 10
+        )
         assert catalog_counts(tmp_path / "data") == (1, 1)
 
 
