@@ -185,6 +185,13 @@ def test_metrics_count_what_the_workers_stored(running: Running) -> None:
     assert metric(running.node, r"pacsnode_catalog_instances") == len(running.dataset.files)
 
 
+def test_the_system_page_counts_the_workers_memory(running: Running) -> None:
+    _, body = http_get(f"{running.node.url}/api/system")
+    process = json.loads(body)["memory"]["process"]
+    workers = sum(psutil.Process(pid).memory_info().rss for pid in worker_pids(running.node))
+    assert process > workers + psutil.Process(running.node.pid).memory_info().rss * 0.5
+
+
 def test_metrics_count_the_associations_open_in_a_worker(running: Running) -> None:
     ae = AE(ae_title="WORKSCU")
     ae.add_requested_context(Verification)
