@@ -132,14 +132,19 @@ def wait_for_workers(pid: int, workers: int, timeout: float = 120.0) -> None:
     children), so that no worker's start lands in the push."""
     deadline = time.monotonic() + timeout
     while workers > 1:
-        spawned = [
-            c for c in psutil.Process(pid).children() if "spawn_main" in " ".join(c.cmdline())
-        ]
+        spawned = [c for c in psutil.Process(pid).children() if _spawned(c)]
         if len(spawned) >= workers:
             return
         if time.monotonic() > deadline:
             raise BenchError(f"pacsnode has {len(spawned)} of {workers} workers")
         time.sleep(0.1)
+
+
+def _spawned(process: psutil.Process) -> bool:
+    try:
+        return "spawn_main" in " ".join(process.cmdline())
+    except psutil.Error:  # gone, or not reaped yet
+        return False
 
 
 @contextmanager

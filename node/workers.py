@@ -42,7 +42,10 @@ log = logging.getLogger(__name__)
 START_TIMEOUT = 120.0
 """Seconds a worker may take to import, open its core and listen."""
 RESTART_DELAY = 1.0
-"""Seconds before restarting a worker that died within :data:`STABLE_AFTER` of its start."""
+"""Seconds before restarting a worker that died within :data:`STABLE_AFTER` of its start,
+doubled for each such death in a row (up to :data:`MAX_RESTART_DELAY`): a worker that cannot
+run (its catalog is gone) is not restarted in a tight loop."""
+MAX_RESTART_DELAY = 60.0
 STABLE_AFTER = 10.0
 STOP_MARGIN = 10.0
 """Seconds beyond ``shutdown_grace`` a worker may take to close its core before SIGKILL."""
@@ -97,6 +100,7 @@ class WorkerPool:
         self._reserved: dict[str, socket.socket] = {}
         self._workers: dict[int, _Worker] = {}
         self._restart_at: dict[int, float] = {}
+        self._young_deaths: dict[int, int] = {}
         self._lock = threading.RLock()  # also held while a worker is restarted (spawned)
         self._stopping = threading.Event()
         self._running = False
@@ -256,14 +260,17 @@ class WorkerPool:
             log.warning("DICOM worker %d stopped on a signal; not restarted", worker.slot)
             return
         lived = time.monotonic() - worker.started
+        young = self._young_deaths.get(worker.slot, 0) + 1 if lived < STABLE_AFTER else 0
+        self._young_deaths[worker.slot] = young
+        delay = min(RESTART_DELAY * 2 ** (young - 1), MAX_RESTART_DELAY) if young else 0.0
         log.error(
-            "DICOM worker %d (pid %s) exited with status %s after %.0f s; restarting it",
+            "DICOM worker %d (pid %s) exited with status %s after %.0f s; restarting it in %g s",
             worker.slot,
             worker.process.pid,
-            worker.process.exitcode,
+            code,
             lived,
+            delay,
         )
-        delay = RESTART_DELAY if lived < STABLE_AFTER else 0.0
         self._restart_at[worker.slot] = time.monotonic() + delay
 
     def _restart_due(self) -> None:
