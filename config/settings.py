@@ -7,6 +7,7 @@ environment variables, a TOML config file, and the defaults below.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -128,6 +129,15 @@ class Settings(BaseSettings):
     )
     shutdown_grace: float = Field(
         30.0, ge=0, description="Seconds to let running associations finish on shutdown."
+    )
+    workers: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Processes accepting DICOM associations on the DICOM ports (SO_REUSEPORT), each "
+            "with its own ingest pipeline; HTTP, MLLP and the scheduler stay in the main "
+            "process. 0: one per CPU core; 1: everything in one process."
+        ),
     )
 
     http_host: str = Field("127.0.0.1", description="Address of the HTTP server.")
@@ -255,6 +265,12 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'catalog.sqlite').resolve()}"
+
+    @property
+    def dicom_workers(self) -> int:
+        """The number of DICOM worker processes (``workers``, 0 resolved to the CPU cores
+        this process may run on)."""
+        return self.workers or len(os.sched_getaffinity(0))
 
     @property
     def blob_root(self) -> Path:

@@ -60,6 +60,7 @@ from node.http_limits import HttpLimits, guarded_protocol
 from node.https import ServerCertificate
 from node.metrics import NodeMetrics
 from node.monitor import SystemMonitor
+from node.workers import WorkerPool, WorkerStartError
 from scp.ae import DicomServer
 from storage import BlobStore, FilesystemBlobStore
 
@@ -158,13 +159,17 @@ def build_blob_store(settings: Settings) -> BlobStore:
     return store
 
 
-def build_core(settings: Settings, listeners: tuple[ResultListener, ...] = ()) -> Core:
-    """Open (and migrate) the catalog and the blob store, and wire the ingest pipeline."""
+def build_core(
+    settings: Settings, listeners: tuple[ResultListener, ...] = (), *, migrate: bool = True
+) -> Core:
+    """Open (and migrate, unless a process of the node did already) the catalog and the blob
+    store, and wire the ingest pipeline."""
     configure_libraries()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     blobs = build_blob_store(settings)  # first: a missing bucket stops the start at once
     db = Database(settings.catalog_url, sqlite_synchronous=settings.sqlite_synchronous)
-    db.migrate()
+    if migrate:
+        db.migrate()
     deid = build_deid(settings, db)
     audit = AuditTrail(db)
     report_intake = ReportIntake(
@@ -338,8 +343,8 @@ class StudyArrivals:
 
 
 class Node:
-    """A running node: DICOM AE, HTTP server and job scheduler in one process, sharing one
-    :class:`Core`."""
+    """A running node: DICOM AE, HTTP server and job scheduler sharing one :class:`Core`; with
+    ``workers`` > 1 the DICOM AE runs in worker processes of its own (:mod:`node.workers`)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -348,7 +353,12 @@ class Node:
         self.metrics = NodeMetrics()
         self.core = build_core(settings, listeners=(self.metrics.observe,))
         self.metrics.watch_catalog(lambda: catalog_stats(self.core.db))
-        self.dicom = DicomServer(settings, self.core.ingestor, self.core.audit)
+        workers = settings.dicom_workers
+        self.dicom: DicomServer | WorkerPool = (
+            DicomServer(settings, self.core.ingestor, self.core.audit)
+            if workers == 1
+            else WorkerPool(settings, workers, self.metrics.record)
+        )
         self.metrics.active_associations.set_function(
             lambda: float(self.dicom.active_associations())
         )
@@ -440,6 +450,9 @@ class Node:
             http_socket.close()
             tls_address = listeners.DICOM_TLS.address(self.settings)
             raise listeners.ListenerError(listeners.DICOM_TLS, *tls_address, exc) from None
+        except WorkerStartError:
+            http_socket.close()
+            raise
         if self.mllp is not None:
             try:
                 self.mllp.start()

@@ -112,11 +112,21 @@ def serve(
         int | None,
         typer.Option(help="HL7 v2 (MLLP) port. [env: PACSNODE_LABELING__MLLP_PORT; default 2575]"),
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Processes accepting DICOM associations (SO_REUSEPORT), each with its own "
+            "ingest pipeline; 0: one per CPU core, 1: all in one process. "
+            "[env: PACSNODE_WORKERS; default 0]",
+        ),
+    ] = None,
     log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = None,
 ) -> None:
-    """Run the node: DICOM AE, HTTP server and HL7 listener in one process, until SIGTERM or
-    Ctrl-C. The first start in a data folder creates the archive (catalog and secrets).
-    SIGHUP reloads the HTTPS certificate and key (https.certfile, https.keyfile)."""
+    """Run the node: DICOM AE, HTTP server and HL7 listener, until SIGTERM or Ctrl-C; the
+    DICOM AE runs in --workers processes. The first start in a data folder creates the
+    archive (catalog and secrets). SIGHUP reloads the HTTPS certificate and key
+    (https.certfile, https.keyfile)."""
     import logging
     import signal
     import sys
@@ -143,6 +153,7 @@ def serve(
         http_host=http_host,
         log_level=log_level,
         labeling=labeling or None,
+        workers=workers,
     )
     use_archive(settings, create=True)
     configure_logging(settings.log_level)

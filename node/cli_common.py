@@ -142,11 +142,13 @@ def cli_actor() -> str:
         return "cli"
 
 
-def configure_logging(level: str) -> None:
-    """Log to stderr; only the CLI installs handlers (libraries just log)."""
+def configure_logging(level: str, process: str = "") -> None:
+    """Log to stderr; only the CLI installs handlers (libraries just log). ``process`` names
+    the process of a node that logs, beside its main one (a DICOM worker)."""
     logging.basicConfig(
         level=level,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)-7s {process + ' ' if process else ''}%(name)s: "
+        "%(message)s",
         stream=sys.stderr,
         force=True,
     )

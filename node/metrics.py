@@ -73,11 +73,15 @@ class NodeMetrics:
         )
 
     def observe(self, result: IngestResult) -> None:
-        door = result.source.door
-        self.instances.labels(door=door, outcome=result.outcome.value).inc()
-        self.ingest_seconds.labels(door=door).observe(result.seconds)
-        if result.outcome.success and result.outcome.value != "duplicate":
-            self.stored_bytes.labels(door=door).inc(result.size)
+        self.record(result.source.door, result.outcome, result.seconds, result.size)
+
+    def record(self, door: str, outcome: Outcome, seconds: float, size: int) -> None:
+        """Count one ingest result; the DICOM worker processes send theirs to the main
+        process (:mod:`node.workers`), whose registry ``/metrics`` serves."""
+        self.instances.labels(door=door, outcome=outcome.value).inc()
+        self.ingest_seconds.labels(door=door).observe(seconds)
+        if outcome.success and outcome.value != "duplicate":
+            self.stored_bytes.labels(door=door).inc(size)
 
     def ingest_counts(self) -> IngestCounts:
         """The ``pacsnode_instances`` counter summed over doors, by class of outcome."""

@@ -8,6 +8,7 @@ this process received; the samples cover the last 30 minutes, in memory.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
@@ -214,7 +215,7 @@ class SystemMonitor:
                 "percent": memory.percent,
                 "used": memory.total - memory.available,
                 "total": memory.total,
-                "process": psutil.Process().memory_info().rss,
+                "process": _resident_bytes(),
             },
             "disk": {
                 "percent": disk.percent,
@@ -275,3 +276,13 @@ def _counts_json(counts: IngestCounts) -> dict[str, float]:
 
 def _iso(at: float) -> str:
     return datetime.fromtimestamp(at, UTC).isoformat()
+
+
+def _resident_bytes() -> int:
+    """Resident memory of the node: this process and its children (the DICOM workers)."""
+    node = psutil.Process()
+    total = 0
+    for process in [node, *node.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):  # a child that just ended
+            total += process.memory_info().rss
+    return total

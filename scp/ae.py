@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
@@ -27,6 +28,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.utils import make_target
 
 from audit import AuditTrail
 from config import Settings
@@ -35,6 +37,7 @@ from scp import find, handlers, retrieve, tls
 from scp.audit import DimseAudit
 from scp.commitment import StorageCommitmentSCP
 from scp.peers import Peers
+from scp.slots import SharedSlots
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +55,7 @@ sent an A-ASSOCIATE-RQ; the node applies ``max_associations`` itself
 class DicomServer:
     """The DIMSE side of a node: an AE listening on the DICOM port and, with
     ``dicom_tls.enabled``, on the DICOM TLS port (one AE: ``max_associations`` and the
-    per-AE limits count both).
+    per-AE limits count both; with ``shared``, the node's other DICOM worker processes too).
 
     A connection must complete association negotiation within ``acse_timeout`` seconds, and
     an aborted association (e.g. after ``network_timeout``) must be gone ``acse_timeout``
@@ -63,13 +66,20 @@ class DicomServer:
     """
 
     def __init__(
-        self, settings: Settings, ingestor: Ingestor, audit: AuditTrail | None = None
+        self,
+        settings: Settings,
+        ingestor: Ingestor,
+        audit: AuditTrail | None = None,
+        *,
+        reuse_port: bool = False,
+        shared: SharedSlots | None = None,
     ) -> None:
         # Retrieves read from the catalog and the blob store the ingest pipeline writes to.
         db, blobs = ingestor.catalog.db, ingestor.blobs
         self.settings = settings
         self.ae = build_ae(settings)
-        self.peers = Peers(settings)
+        self._server_class = ReusePortServer if reuse_port else ThreadedAssociationServer
+        self.peers = Peers(settings, shared)
         self.audit = DimseAudit(audit)
         self.commitment = StorageCommitmentSCP(ingestor, settings, self.peers)
         self._tls_context = (
@@ -97,6 +107,8 @@ class DicomServer:
             (evt.EVT_ABORTED, handlers.handle_aborted),
             (evt.EVT_ABORTED, self._aborted),
         ]
+        if shared is not None:  # the other workers see a slot free at once
+            self._handlers.append((evt.EVT_CONN_CLOSE, self.peers.refresh))
         self._server: ThreadedAssociationServer | None = None
         self._tls_server: ThreadedAssociationServer | None = None
         self._deadlines: weakref.WeakKeyDictionary[Association, tuple[float, str]] = (
@@ -123,7 +135,7 @@ class DicomServer:
     def start(self) -> None:
         """Listen on the DICOM port (``OSError`` when its address cannot be had)."""
         address = (self.settings.dicom_host, self.settings.dicom_port)
-        self._server = self.ae.start_server(address, block=False, evt_handlers=self._handlers)
+        self._server = self._listen(address, None, self._handlers)
         self._reaper.start()
         log.info("DICOM AE %s listening on %s:%s", self.settings.ae_title, address[0], self.port)
         self._warn_unbound(self.settings.dicom_host, tls_authenticates=False)
@@ -138,11 +150,10 @@ class DicomServer:
         if self._tls_context is None:
             return
         config = self.settings.dicom_tls
-        self._tls_server = self.ae.start_server(
+        self._tls_server = self._listen(
             (config.host, config.port),
-            block=False,
-            ssl_context=self._tls_context,
-            evt_handlers=[*self._handlers, (evt.EVT_CONN_OPEN, tls.handshake)],
+            self._tls_context,
+            [*self._handlers, (evt.EVT_CONN_OPEN, tls.handshake)],
         )
         log.info(
             "DICOM AE %s listening for TLS on %s:%s (client certificates %s)",
@@ -152,6 +163,21 @@ class DicomServer:
             "required" if config.require_client_certificate else "not required",
         )
         self._warn_unbound(config.host, tls_authenticates=config.require_client_certificate)
+
+    def _listen(
+        self, address: tuple[str, int], context: ssl.SSLContext | None, handlers: list[Any]
+    ) -> ThreadedAssociationServer:
+        """What ``AE.start_server(block=False)`` does, with the server class of this node
+        (``start_server`` has no ``server_class`` argument)."""
+        server = self.ae.make_server(
+            address, ssl_context=context, evt_handlers=handlers, server_class=self._server_class
+        )
+        thread = threading.Thread(
+            target=make_target(server.serve_forever), name="dicom-acceptor", daemon=True
+        )
+        thread.start()
+        self.ae._servers.append(server)  # as start_server does: server.shutdown() takes it out
+        return server
 
     def _warn_unbound(self, host: str, *, tls_authenticates: bool) -> None:
         warning = self.peers.unbound_warning(host, certificates=tls_authenticates)
@@ -230,6 +256,17 @@ class DicomServer:
                     assoc.requestor.port,
                     timeout,
                 )
+
+
+class ReusePortServer(ThreadedAssociationServer):
+    """An association server whose socket is bound with ``SO_REUSEPORT``: the DICOM worker
+    processes (:mod:`node.workers`) each listen on the same port, and the kernel spreads
+    new connections over them."""
+
+    def server_bind(self) -> None:
+        # pynetdicom's server_bind sets its socket options and binds; this one must come first
+        cast(socket.socket, self.socket).setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
 
 _PREFERRED_SYNTAXES = [

@@ -10,9 +10,11 @@ abort.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pynetdicom.association import Association
@@ -22,6 +24,7 @@ from config import Settings
 from config.dicom_access import CallingAE
 from config.settings import LOOPBACK_HOSTS
 from scp.audit import DimseAudit
+from scp.slots import SharedSlots
 from scp.tls import certificate_names, is_tls
 
 log = logging.getLogger(__name__)
@@ -59,8 +62,10 @@ class Peers:
     aborted, rejected later in negotiation (e.g. for the called AE title) or its thread ends.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, shared: SharedSlots | None = None) -> None:
         self.entries = {entry.ae_title: entry for entry in settings.allowed_calling_aets}
+        self.shared = shared
+        """The slots of the node's other DICOM worker processes (None: one process)."""
         self.max_associations = settings.max_associations
         self.match_certificate = settings.dicom_tls.match_calling_aet
         self._admitted: weakref.WeakKeyDictionary[Association, str] = weakref.WeakKeyDictionary()
@@ -125,21 +130,45 @@ class Peers:
                     f"client certificate names {shown}, not the calling AE title "
                     "(dicom_tls.match_calling_aet)"
                 )
-        with self._lock:
-            busy = [title for other, title in self._admitted.items() if _holds_slot(other)]
-            if len(busy) >= self.max_associations:
+        with self._lock, self._shared_lock() as shared:
+            busy = self._busy()
+            elsewhere, by_title = self.shared.others() if shared and self.shared else (0, {})
+            if len(busy) + elsewhere >= self.max_associations:
                 return _limit(
                     f"no free association slot (max_associations {self.max_associations})"
                 )
             if entry is not None and entry.max_associations is not None:
-                own = busy.count(title)
+                own = busy.count(title) + by_title.get(title, 0)
                 if own >= entry.max_associations:
                     return _limit(
                         f"calling AE title already has {own} associations open (its "
                         "max_associations in allowed_calling_aets)"
                     )
             self._admitted[assoc] = title
+            if shared and self.shared:
+                self.shared.publish([*busy, title])
         return None
+
+    def refresh(self, _event: Event | None = None) -> None:
+        """Publish this process's open associations to the other workers (when one ends:
+        ``evt.EVT_CONN_CLOSE``, and now and then)."""
+        if self.shared is None:
+            return
+        with self._lock, self.shared.locked() as shared:
+            if shared:
+                self.shared.publish(self._busy())
+
+    def _busy(self) -> list[str]:
+        """The calling AE titles of this process's associations that hold a slot."""
+        return [title for other, title in self._admitted.items() if _holds_slot(other)]
+
+    @contextlib.contextmanager
+    def _shared_lock(self) -> Iterator[bool]:
+        if self.shared is None:
+            yield False
+            return
+        with self.shared.locked() as shared:
+            yield shared
 
     def handle_requested(self, event: Event, audit: DimseAudit) -> None:
         """``evt.EVT_REQUESTED``: reject an association :meth:`admit` refuses."""

@@ -33,6 +33,9 @@ REQUIRE_POSTGRES = (
 # loopback port: many run at once, and the default 2575 may be taken on the machine.
 os.environ.setdefault("PACSNODE_LABELING__MLLP_PORT", "0")
 os.environ.setdefault("PACSNODE_LABELING__MLLP_HOST", "127.0.0.1")
+# ... and in one process (workers = 1), unless a test is about the DICOM worker processes:
+# starting a worker per core costs each node seconds.
+os.environ.setdefault("PACSNODE_WORKERS", "1")
 
 
 def _postgres_version() -> str | None:
