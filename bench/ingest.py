@@ -54,6 +54,7 @@ SMALL_SPEC: Final = SyntheticSpec(patients=3, ct_slices=10, mr_slices=5, rows=12
 
 console = Console()
 _http = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+_TICKS: Final = os.sysconf("SC_CLK_TCK")
 
 
 class BenchError(RuntimeError):
@@ -152,6 +153,20 @@ def serve(target: str, run_dir: Path, expected: int) -> Iterator[Endpoint]:
         raise BenchError(f"{target} holds {held} instances after receiving {expected}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system time of ``pid``, its threads, its reaped children and its live
+    descendants (worker processes), from ``/proc``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    total = sum(int(ticks) for ticks in fields[11:15]) / _TICKS  # utime stime cutime cstime
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                total += cpu_seconds(int(child))
+            except FileNotFoundError:
+                continue  # it ended meanwhile (its time is in cutime once reaped)
+    return total
+
+
 def peak_rss_bytes(pid: int) -> int:
     """VmHWM: the highest resident set size the process has had so far."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -173,12 +188,15 @@ class Run:
     instances_per_s: float
     mb_per_s: float
     peak_rss_bytes: int | None
+    cpu_ms_per_instance: float | None
+    """The receiving process's CPU time during the push over the instances pushed."""
 
 
 def measure(target: str, associations: int, files: list[Path], run_dir: Path) -> Run:
     run_dir.mkdir(parents=True)
     os.sync()  # the previous run's writeback must not land in this one
     with serve(target, run_dir, len(files)) as endpoint:
+        cpu_before = None if endpoint.pid is None else cpu_seconds(endpoint.pid)
         result = storescu(
             files, port=endpoint.port, aet_called=endpoint.aet, associations=associations
         )
@@ -186,7 +204,10 @@ def measure(target: str, associations: int, files: list[Path], run_dir: Path) ->
             raise BenchError(
                 f"storescu to {target} exited with {result.returncodes}:\n{result.output}"
             )
-        rss = None if endpoint.pid is None else peak_rss_bytes(endpoint.pid)
+        rss = cpu_ms = None
+        if endpoint.pid is not None and cpu_before is not None:
+            rss = peak_rss_bytes(endpoint.pid)
+            cpu_ms = (cpu_seconds(endpoint.pid) - cpu_before) * 1000 / result.files
     return Run(
         target,
         associations,
@@ -196,6 +217,7 @@ def measure(target: str, associations: int, files: list[Path], run_dir: Path) ->
         result.instances_per_s,
         result.mb_per_s,
         rss,
+        cpu_ms,
     )
 
 
@@ -203,12 +225,17 @@ def ratios(runs: Sequence[Run]) -> dict[str, float]:
     """pacsnode's instances/s over each peer's, per association count; and the time
     de-identification adds (``deid_overhead@n``: seconds with / seconds without - 1)."""
     speed = {(r.target, r.associations): r.instances_per_s for r in runs}
+    cpu = {(r.target, r.associations): r.cpu_ms_per_instance for r in runs}
     figures = {
         f"pacsnode/{peer}@{n}": speed["pacsnode", n] / speed[peer, n]
         for n in ASSOCIATIONS
         for peer in TARGETS[1:]
         if ("pacsnode", n) in speed and (peer, n) in speed
     }
+    for n in ASSOCIATIONS:
+        ours, orthancs = cpu.get(("pacsnode", n)), cpu.get(("orthanc", n))
+        if ours and orthancs:
+            figures[f"cpu pacsnode/orthanc@{n}"] = ours / orthancs
     for n in ASSOCIATIONS:
         if ("bare-durable", n) in speed and ("bare", n) in speed:
             figures[f"bare-durable/bare@{n}"] = speed["bare-durable", n] / speed["bare", n]
@@ -222,6 +249,7 @@ def print_report(runs: Sequence[Run], figures: dict[str, float]) -> None:
     for column in ("target", "assoc.", "instances", "MB", "seconds", "inst/s", "MB/s"):
         table.add_column(column, justify="left" if column == "target" else "right")
     table.add_column("peak RSS MiB", justify="right")
+    table.add_column("CPU ms/inst.", justify="right")
     for r in runs:
         table.add_row(
             r.target,
@@ -232,6 +260,7 @@ def print_report(runs: Sequence[Run], figures: dict[str, float]) -> None:
             f"{r.instances_per_s:.1f}",
             f"{r.mb_per_s:.1f}",
             "-" if r.peak_rss_bytes is None else f"{r.peak_rss_bytes / 2**20:.0f}",
+            "-" if r.cpu_ms_per_instance is None else f"{r.cpu_ms_per_instance:.1f}",
         )
     console.print(table)
     peers = [p for p in TARGETS[1:] if any(f"pacsnode/{p}@{n}" in figures for n in ASSOCIATIONS)]
@@ -245,6 +274,11 @@ def print_report(runs: Sequence[Run], figures: dict[str, float]) -> None:
             ratio_table.add_row(str(n), *("-" if c is None else f"{c:.2f}" for c in cells))
         console.print(ratio_table)
     for n in ASSOCIATIONS:
+        if f"cpu pacsnode/orthanc@{n}" in figures:
+            console.print(
+                f"CPU per instance: pacsnode uses {figures[f'cpu pacsnode/orthanc@{n}']:.2f}x "
+                f"Orthanc's ({n} association(s); target at most 1.6x)"
+            )
         durable = figures.get(f"bare-durable/bare@{n}")
         if durable is not None:
             console.print(
