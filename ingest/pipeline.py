@@ -30,6 +30,7 @@ from config.access import AccessSettings
 from deid import Deidentifier, DeidRejectedError
 from deid.engine import text_of
 from ingest.encoding import encode
+from ingest.filemeta import group_after_meta
 from ingest.identity import content_sha256
 from ingest.model import Expected, IngestResult, Outcome, ReviewError, Source
 from ingest.pixeldata import pixel_data_problem
@@ -354,6 +355,8 @@ def _command_flood(raw: bytes) -> bool:
     data set, without a bound and out of :class:`_TagOrderGuard`'s reach: zeros after a
     file meta read that way too.
     """
+    if group_after_meta(raw) not in (None, 0):
+        return False  # the common case, read without pydicom: a data set follows the meta
     stream = BytesIO(raw)
     try:
         if read_preamble(stream, force=False) is None:
