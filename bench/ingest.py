@@ -280,9 +280,11 @@ def measure(
 
 def ratios(runs: Sequence[Run]) -> dict[str, float]:
     """pacsnode's instances/s over each peer's, per association count (``pacsnode wK/peer@n``
-    for each worker count K); and the time de-identification adds (``deid_overhead wK@n``:
-    seconds with / seconds without - 1)."""
+    for each worker count K); the time de-identification adds (``deid_overhead wK@n``:
+    seconds with / seconds without - 1); and CPU per instance over Orthanc's
+    (``cpu pacsnode wK/orthanc@n``)."""
     speed = {(r.label, r.associations): r.instances_per_s for r in runs}
+    cpu = {(r.label, r.associations): r.cpu_ms_per_instance for r in runs}
     nodes = sorted({r.workers for r in runs if r.target == "pacsnode"}, key=lambda w: w or 0)
     figures = {}
     for n in ASSOCIATIONS:
@@ -294,6 +296,8 @@ def ratios(runs: Sequence[Run]) -> dict[str, float]:
             plain = f"pacsnode-nodeid w{workers}"
             if (node, n) in speed and (plain, n) in speed:
                 figures[f"deid_overhead w{workers}@{n}"] = speed[plain, n] / speed[node, n] - 1
+            if (node, n) in cpu and ("orthanc", n) in cpu:
+                figures[f"cpu {node}/orthanc@{n}"] = cpu[node, n] / cpu["orthanc", n]
         if ("bare-durable", n) in speed and ("bare", n) in speed:
             figures[f"bare-durable/bare@{n}"] = speed["bare-durable", n] / speed["bare", n]
     return figures
@@ -345,6 +349,12 @@ def print_report(runs: Sequence[Run], figures: dict[str, float]) -> None:
             console.print(
                 f"de-identification adds {value:+.1%} ingest time ({assoc} association(s), "
                 f"{label}; target at most +20 %)"
+            )
+        elif name.startswith("cpu "):
+            label, _, assoc = name.removeprefix("cpu ").partition("/")
+            console.print(
+                f"CPU per instance: {label} uses {value:.2f}x Orthanc's "
+                f"({assoc.partition('@')[2]} association(s); target at most 1.6x)"
             )
 
 

@@ -125,6 +125,10 @@ _COUNT_STUDY = (
     )
 )
 _INSERT_CHANGE = insert(Change)
+_JOIN_PROJECT = {  # built once (by "is SQLite"): a statement built per call is compiled again
+    sqlite: dialect_insert(StudyProject).on_conflict_do_nothing()
+    for sqlite, dialect_insert in ((True, sqlite_insert), (False, pg_insert))
+}
 
 
 class CatalogWriter:
@@ -135,8 +139,8 @@ class CatalogWriter:
 
     def find(self, sop_instance_uid: str) -> Existing | None:
         """The stored version of an instance, if any (the ``dedupe`` stage asks this)."""
-        with self.db.read() as session:
-            row = session.connection().execute(_FIND, {"uid": sop_instance_uid}).one_or_none()
+        with self.db.read_engine.connect() as connection:  # no ORM session: the hot path
+            row = connection.execute(_FIND, {"uid": sop_instance_uid}).one_or_none()
         return Existing(*row) if row else None
 
     def join_projects(self, study_pk: int, projects: tuple[str, ...]) -> None:
@@ -194,8 +198,9 @@ class CatalogWriter:
         """
         for attempt in range(3):
             try:
-                with self.db.write() as session:
-                    connection = session.connection()
+                # a Core transaction, as Database.write() begins it (no ORM session: the
+                # hot path)
+                with self.db.write_engine.begin() as connection:
                     result = _index(connection, record, blob, door, aet, content_sha256)
                     if released_by is not None:
                         released(connection, record.instance.sop_instance_uid, released_by)
@@ -250,7 +255,7 @@ def _index(
     conn.execute(
         _INSERT_INSTANCE,
         {
-            **asdict(record.instance),
+            **vars(record.instance),  # asdict() deep-copies: slower, and the values are flat
             "series_pk": series_pk,
             "blob_key": blob.key,
             "sha256": blob.sha256,
@@ -341,11 +346,9 @@ def join_projects(conn: Connection, study_pk: int, projects: tuple[str, ...]) ->
     """Make the study a member of ``projects`` (those it is in already stay)."""
     if not projects:
         return
-    dialect_insert = sqlite_insert if conn.dialect.name == "sqlite" else pg_insert
     conn.execute(
-        dialect_insert(StudyProject)
-        .values([{"study_pk": study_pk, "project": project} for project in projects])
-        .on_conflict_do_nothing()
+        _JOIN_PROJECT[conn.dialect.name == "sqlite"],
+        [{"study_pk": study_pk, "project": project} for project in projects],
     )
 
 

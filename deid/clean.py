@@ -7,6 +7,7 @@ names and IDs in them are not) and for free text inside sequences the profile ke
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Final, NamedTuple
 
@@ -200,3 +201,22 @@ class TextCleaner:
         text = _EMPTY_BRACKETS.sub("", text)
         text = _SPACES.sub(" ", text)
         return text.strip(" ;,:-")
+
+
+_CLEANERS: dict[frozenset[str], TextCleaner] = {}
+_CLEANERS_LOCK = threading.Lock()
+_CLEANERS_LIMIT: Final = 1024
+
+
+def cleaner_for(identifiers: frozenset[str]) -> TextCleaner:
+    """The :class:`TextCleaner` of ``identifiers``, built once per set: the instances of a
+    series carry the same identifiers, and compiling their pattern cost more than cleaning
+    (a bounded cache in memory only; it holds originals as the walk does)."""
+    cleaner = _CLEANERS.get(identifiers)
+    if cleaner is None:
+        cleaner = TextCleaner(identifiers)
+        with _CLEANERS_LOCK:
+            if len(_CLEANERS) >= _CLEANERS_LIMIT:
+                _CLEANERS.clear()
+            _CLEANERS[identifiers] = cleaner
+    return cleaner

@@ -22,7 +22,7 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
 from deid.base import DeidRejectedError
-from deid.clean import TextCleaner, identifier_tokens
+from deid.clean import TextCleaner, cleaner_for, identifier_tokens
 from deid.profile import Action, Profile
 from deid.pseudonym import Pseudonymizer, format_date, parse_date
 
@@ -111,7 +111,7 @@ class ProfileWalker:
         except RecursionError:
             raise DeidRejectedError("sequences nested too deeply to de-identify") from None
         if context.pending_clean:
-            cleaner = TextCleaner(context.identifiers)
+            cleaner = cleaner_for(frozenset(context.identifiers))
             for item, tag in context.pending_clean:
                 self._clean_text(item, tag, cleaner)
 

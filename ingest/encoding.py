@@ -19,6 +19,7 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element, write_file_meta_info
+from pydicom.multival import MultiValue
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
@@ -104,9 +105,73 @@ def _body(
         if run_end:
             parts.append(stream[run_start:run_end])
             run_start = run_end = 0
-        write_data_element(written, element, encoding)
+        simple = _simple_element(element, little, implicit)
+        if simple is None:
+            write_data_element(written, element, encoding)
+        else:
+            written.write(simple)
     parts.extend((stream[run_start:run_end], written.getvalue()))
     return parts
+
+
+def _simple_element(
+    element: DataElement | RawDataElement, little: bool, implicit: bool
+) -> bytes | None:
+    """The bytes pydicom's ``write_data_element`` gives a changed element of the common kinds
+    (ASCII text of the VRs whose value is the text, one binary number), or ``None``: each
+    went through several of pydicom's Python calls, and de-identification changes dozens."""
+    if isinstance(element, RawDataElement) or element.is_undefined_length:
+        return None
+    vr, value = element.VR, element.value
+    if vr in _TEXT_PAD:
+        if value is None:
+            text = ""
+        elif isinstance(value, str):
+            text = value
+        elif isinstance(value, MultiValue | list) and all(isinstance(v, str) for v in value):
+            text = "\\".join(value)
+        else:
+            return None
+        if not text.isascii():
+            return None
+        data = text.encode("ascii")
+        if len(data) % 2:
+            data += _TEXT_PAD[vr]
+    elif vr in _NUMBER_FORMATS and type(value) in _NUMBER_FORMATS[vr][1]:
+        try:
+            data = struct.pack(("<" if little else ">") + _NUMBER_FORMATS[vr][0], value)
+        except struct.error:
+            return None
+    else:
+        return None
+    order = "<" if little else ">"
+    tag = struct.pack(f"{order}HH", element.tag >> 16, element.tag & 0xFFFF)
+    if implicit:
+        return tag + struct.pack(f"{order}L", len(data)) + data
+    if vr in EXPLICIT_VR_LENGTH_32:
+        return tag + _VR_BYTES[vr] + struct.pack(f"{order}HL", 0, len(data)) + data
+    if len(data) > 0xFFFF:
+        return None  # pydicom writes it as UN (PS3.5 6.2.2)
+    return tag + _VR_BYTES[vr] + struct.pack(f"{order}H", len(data)) + data
+
+
+_TEXT_PAD: Final = {
+    **dict.fromkeys(("AE", "AS", "CS", "DA", "DT", "TM", "UR"), b" "),  # write_string
+    **dict.fromkeys(("LO", "SH", "ST", "LT", "UT", "UC"), b" "),  # write_text
+    "UI": b"\0",
+}
+_INTEGER: Final = (int,)
+_NUMBER_FORMATS: Final = {
+    "US": ("H", _INTEGER),
+    "SS": ("h", _INTEGER),
+    "UL": ("L", _INTEGER),
+    "SL": ("l", _INTEGER),
+    "UV": ("Q", _INTEGER),
+    "SV": ("q", _INTEGER),
+    "FL": ("f", (int, float)),
+    "FD": ("d", (int, float)),
+}
+_VR_BYTES: Final = {vr: vr.encode("ascii") for vr in [*_TEXT_PAD, *_NUMBER_FORMATS]}
 
 
 def _buffer(little_endian: bool, implicit_vr: bool) -> DicomBytesIO:

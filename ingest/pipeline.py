@@ -24,12 +24,14 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 from sqlalchemy.exc import SQLAlchemyError
 
 from access.projects import ProjectRules
-from catalog import CatalogWriter, IndexOutcome, InstanceRecord, extract, to_dicom_json
+from catalog import CatalogWriter, Existing, IndexOutcome, InstanceRecord, extract, to_dicom_json
 from catalog.quarantine import Held, QuarantineOutcome, find_held
 from config.access import AccessSettings
 from deid import Deidentifier, DeidRejectedError
 from deid.engine import text_of
+from ingest.early import EarlyBlob
 from ingest.encoding import encode
+from ingest.filemeta import group_after_meta
 from ingest.identity import content_sha256
 from ingest.model import Expected, IngestResult, Outcome, ReviewError, Source
 from ingest.pixeldata import pixel_data_problem
@@ -171,20 +173,28 @@ class Ingestor:
         dataset = deidentified.dataset
         data = encode(dataset, raw) if deidentified.changed else raw
         result = _result(dataset, source, len(data))
-        record = replace(
-            _record(dataset, result, deidentified.method, deidentified.flag),
-            projects=projects,
-            new_study_projects=new_study_projects,
-        )
-        content = content_sha256(dataset, record.metadata_json)
-        if self._already_holds(result, content, projects):
-            return replace(result, outcome=Outcome.DUPLICATE)
+        existing = self._find(result)
+        # nothing stored under this UID (the usual case): the blob will be kept, so its
+        # write starts now and overlaps the record and content hash
+        early = EarlyBlob(self.blobs, data) if existing is None else None
         try:
-            blob = self.blobs.put(data)
+            record = replace(
+                _record(dataset, result, deidentified.method, deidentified.flag),
+                projects=projects,
+                new_study_projects=new_study_projects,
+            )
+            content = content_sha256(dataset, record.metadata_json)
+            if existing is not None and self._already_holds(result, existing, content, projects):
+                return replace(result, outcome=Outcome.DUPLICATE)
+            blob = self.blobs.put(data) if early is None else early.result()
         except StorageError as exc:
             raise _RejectedError(
                 Outcome.FAILED_STORAGE, f"storage failure: {exc.strerror}"
             ) from exc
+        except BaseException:
+            if early is not None:
+                early.discard()
+            raise
         if deidentified.quarantine:
             return self._hold(result, record, blob, content, deidentified.flag or "held for review")
         return self._index(result, record, blob, content)
@@ -206,17 +216,20 @@ class Ingestor:
         content = content_sha256(dataset, record.metadata_json)
         return self._index(result, record, blob, content, released_by=actor)
 
-    def _already_holds(self, result: IngestResult, content: str, projects: tuple[str, ...]) -> bool:
-        """The dedupe step: whether the catalog has this content under this SOP Instance
-        UID (as its current version or one it replaced). Its study joins ``projects`` then
-        (the same study sent for another project)."""
+    def _find(self, result: IngestResult) -> Existing | None:
+        """What the catalog stores under the instance's SOP Instance UID, if anything."""
         assert result.sop_instance_uid is not None
         try:
-            existing = self.catalog.find(result.sop_instance_uid)
+            return self.catalog.find(result.sop_instance_uid)
         except SQLAlchemyError as exc:
             raise _catalog_failure(exc) from exc
-        if existing is None:
-            return False
+
+    def _already_holds(
+        self, result: IngestResult, existing: Existing, content: str, projects: tuple[str, ...]
+    ) -> bool:
+        """The dedupe step: whether ``existing`` (the catalog's instance of this SOP
+        Instance UID) has this content (as its current version or one it replaced). Its
+        study joins ``projects`` then (the same study sent for another project)."""
         if existing.content_sha256 is None:  # indexed before content hashes were recorded
             try:
                 with self.blobs.open(existing.blob_key) as stream:
@@ -354,6 +367,8 @@ def _command_flood(raw: bytes) -> bool:
     data set, without a bound and out of :class:`_TagOrderGuard`'s reach: zeros after a
     file meta read that way too.
     """
+    if group_after_meta(raw) not in (None, 0):
+        return False  # the common case, read without pydicom: a data set follows the meta
     stream = BytesIO(raw)
     try:
         if read_preamble(stream, force=False) is None:

@@ -110,3 +110,51 @@ def test_every_pydicom_file_reads_back_whole_after_deidentification() -> None:
             assert stored.PixelData == ds.PixelData, path.name
         checked += 1
     assert checked > 50
+
+
+_SIMPLE = [
+    (0x00080016, "UI", "1.2.840.10008.5.1.4.1.1.2"),
+    (0x00080018, "UI", "2.25.1234"),
+    (0x00080008, "CS", ["ORIGINAL", "PRIMARY", "AXIAL"]),
+    (0x00080020, "DA", "20240101"),
+    (0x0008002A, "DT", "20240101120000.5"),
+    (0x00080030, "TM", "1200"),
+    (0x00080054, "AE", "AE12345"),
+    (0x00101010, "AS", "042Y"),
+    (0x00081030, "LO", "CT CHEST"),
+    (0x00081030, "LO", ["A", "BC"]),
+    (0x00080050, "SH", "A123"),
+    (0x00204000, "LT", "a comment\\with a backslash"),
+    (0x00081190, "UR", "urn:x"),
+    (0x00081030, "LO", ""),
+    (0x00081030, "LO", None),
+    (0x00080020, "DA", None),
+    (0x00280010, "US", 512),
+    (0x00280106, "SS", -3),
+    (0x00186020, "SL", -70000),
+    (0x00280000, "UL", 70000),
+    (0x00189087, "FD", 1000.5),
+    (0x00189087, "FD", 3),
+    (0x00189064, "FL", 0.25),
+]
+
+
+@pytest.mark.parametrize("little, implicit", [(True, False), (True, True), (False, False)])
+def test_simple_elements_are_written_as_pydicom_writes_them(little: bool, implicit: bool) -> None:
+    """The common changed elements are written without pydicom's writer, to the same bytes."""
+    from pydicom.dataelem import DataElement
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_data_element
+
+    for tag, vr, value in _SIMPLE:
+        element = DataElement(tag, vr, value)
+        expected = DicomBytesIO()
+        expected.is_little_endian, expected.is_implicit_VR = little, implicit
+        write_data_element(expected, element, ["ISO_IR 192"])
+        assert encoding._simple_element(element, little, implicit) == expected.getvalue(), (
+            vr,
+            value,
+        )
+    for vr, value in [("PN", "DOE^JOHN"), ("LO", "Müller"), ("DS", "1.5"), ("US", [1, 2])]:
+        element = DataElement(0x00100010, vr, value)
+        assert encoding._simple_element(element, little, implicit) is None
