@@ -1,0 +1,88 @@
+"""A large instance left in its encrypted spool, through the one pipeline in bounded memory.
+
+The header is parsed with pydicom, which leaves every value longer than
+:data:`DEFER_SIZE` in the spool (its deferred read: a header and an offset); the pipeline
+de-identifies the header as it would any instance, the stored file is written by
+:func:`ingest.encoding.encode_parts` (changed elements written, the rest copied from the
+spool a chunk at a time) to :meth:`storage.BlobStore.put_stream`, and the content identity
+reads deferred values from the spool too. Memory holds the header and a few chunks.
+
+What cannot be copied as received (a deflated data set, one re-encoded by
+de-identification, encapsulated pixel data, whose end pydicom's deferred read does not
+keep) is read whole and encoded in memory, as a small instance is: correct, not bounded.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+
+from ingest.encoding import Part, encode, encode_parts
+from ingest.identity import Deferred
+from ingest.pipeline import parse_stream
+from ingest.spool import EncryptedSpool
+from storage import BlobRef, BlobStore
+
+log = logging.getLogger(__name__)
+
+DEFER_SIZE = 1 << 20
+"""Values longer than this stay in the spool while the header is processed."""
+
+
+class Spooled:
+    """The Part 10 stream at ``offset`` (``length`` bytes, default: the rest) of ``spool``:
+    :class:`ingest.pipeline.Received` for :meth:`ingest.Ingestor.accept_received`."""
+
+    def __init__(self, spool: EncryptedSpool, offset: int = 0, length: int | None = None) -> None:
+        self.spool = spool
+        self.offset = offset
+        self.length = spool.size - offset if length is None else length
+
+    @property
+    def deferred(self) -> Deferred:
+        return self._deferred
+
+    def _deferred(self, element: RawDataElement) -> Iterable[bytes]:
+        return self.spool.chunks(self.offset + element.value_tell, element.length)
+
+    def parse(self) -> Dataset:
+        # the reader stays with the data set: pydicom reads a deferred value from it if a
+        # step asks for one
+        reader = self.spool.reader(self.offset, self.length)
+        return parse_stream(reader, self.length, DEFER_SIZE)
+
+    def encode(self, dataset: Dataset, changed: bool) -> SpooledFile:
+        if not changed:
+            return SpooledFile(self, [(0, self.length)])
+        parts = encode_parts(dataset, lambda at: self.spool.read(self.offset + at, 4))
+        if parts is None:  # not copied as received: encoded in memory, as a small one is
+            log.info("a spooled instance of %d bytes is encoded in memory", self.length)
+            parts = [encode(dataset, self.spool.read(self.offset, self.length))]
+        return SpooledFile(self, parts)
+
+
+@dataclass(frozen=True)
+class SpooledFile:
+    """The file to store: written bytes and ranges of the spooled stream."""
+
+    source: Spooled
+    parts: list[Part]
+
+    @property
+    def size(self) -> int:
+        return sum(len(p) if isinstance(p, bytes) else p[1] - p[0] for p in self.parts)
+
+    def store(self, blobs: BlobStore) -> BlobRef:
+        return blobs.put_stream(self._chunks())
+
+    def _chunks(self) -> Iterator[bytes]:
+        for part in self.parts:
+            if isinstance(part, bytes):
+                yield part
+            else:
+                start, end = part
+                yield from self.source.spool.chunks(self.source.offset + start, end - start)
