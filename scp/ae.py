@@ -31,7 +31,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from audit import AuditTrail
 from config import Settings
 from ingest import Ingestor
-from scp import find, handlers, retrieve, tls
+from scp import find, handlers, receive, retrieve, tls
 from scp.audit import DimseAudit
 from scp.commitment import StorageCommitmentSCP
 from scp.peers import Peers
@@ -69,6 +69,7 @@ class DicomServer:
         db, blobs = ingestor.catalog.db, ingestor.blobs
         self.settings = settings
         self.ae = build_ae(settings)
+        receive.install(settings.spool_root, settings.spool_threshold)
         self.peers = Peers(settings)
         self.audit = DimseAudit(audit)
         self.commitment = StorageCommitmentSCP(ingestor, settings, self.peers)
@@ -96,6 +97,8 @@ class DicomServer:
             (evt.EVT_RELEASED, handlers.handle_released),
             (evt.EVT_ABORTED, handlers.handle_aborted),
             (evt.EVT_ABORTED, self._aborted),
+            (evt.EVT_ABORTED, handlers.handle_closed),
+            (evt.EVT_CONN_CLOSE, handlers.handle_closed),
         ]
         self._server: ThreadedAssociationServer | None = None
         self._tls_server: ThreadedAssociationServer | None = None

@@ -22,8 +22,8 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
 from dicomweb.media import BadMultipartError, body_reader
-from dicomweb.spool import EncryptedSpool
 from dicomweb.stow import summarize
+from ingest.spool import EncryptedSpool
 from tests.dicom_bytes import part10
 from tests.liveness import stays_responsive
 from tests.peers import NodeProcess, free_ports, pacsnode_process
@@ -133,10 +133,12 @@ def test_spool_gives_back_any_range_and_holds_only_ciphertext(tmp_path: Path) ->
         content = on_disk.read_bytes()
         assert len(content) == len(data)
         assert PHI_NAME.encode() not in content
-        assert not any((tmp_path / "spool").iterdir())  # no name in the folder
+        (named,) = (tmp_path / "spool").iterdir()  # named after its process (pacsnode verify)
+        assert named.name.startswith(f"{os.getpid()}-") and named.read_bytes() == content
         with pytest.raises(ValueError, match="outside"):
             spool.read(len(data) - 1, 2)
     assert not _fds_under(tmp_path / "spool")
+    assert not any((tmp_path / "spool").iterdir())
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 70, 4096, 1 << 20])
