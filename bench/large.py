@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import requests
+from pydicom.dataset import Dataset
 
 from tests.large_instance import (
     blob_header_and_pixel_sha256,
@@ -73,9 +74,8 @@ def main() -> None:
                     assert response.status_code == 200, response.text
                 seconds = time.perf_counter() - start
                 cpu = _cpu_seconds(node.pid) - cpu
-                _, pixels = blob_header_and_pixel_sha256(
-                    stored_blob(root / "data" / "blobs", large.size)
-                )
+                blob = stored_blob(root / "data" / "blobs", large.size)
+                stored, pixels = blob_header_and_pixel_sha256(blob)
                 print(
                     f"{door} of {large.size / MIB:,.0f} MiB: {seconds:.1f} s "
                     f"({large.size / MIB / seconds:.0f} MiB/s), node CPU {cpu:.1f} s, "
@@ -85,6 +85,25 @@ def main() -> None:
                     f"(load {_load()})"
                 )
                 large.path.unlink()
+            _retrieve(node.url, stored, node.pid)
+
+
+def _retrieve(url: str, stored: Dataset, pid: int) -> None:
+    """WADO-RS of the last stored instance, as one application/dicom body."""
+    path = (
+        f"{url}/dicom-web/studies/{stored.StudyInstanceUID}/series/"
+        f"{stored.SeriesInstanceUID}/instances/{stored.SOPInstanceUID}"
+    )
+    start, size = time.perf_counter(), 0
+    with requests.get(path, headers={"Accept": "application/dicom"}, stream=True) as answer:
+        answer.raise_for_status()
+        for chunk in answer.iter_content(MIB):
+            size += len(chunk)
+    seconds = time.perf_counter() - start
+    print(
+        f"WADO-RS of {size / MIB:,.0f} MiB: {seconds:.1f} s, node peak RSS "
+        f"{peak_rss(pid) / MIB:.0f} MiB (load {_load()})"
+    )
 
 
 def _load() -> str:

@@ -41,7 +41,7 @@ def _dataset_json(ds: Dataset, path: str) -> dict[str, Any]:
         if isinstance(raw, RawDataElement):
             if raw.value is None and raw.length > BULKDATA_THRESHOLD:
                 # deferred (a large instance's pixel data, left in the spool): not read here
-                vr = raw.VR or _deferred_vr(int(base_tag), ds)
+                vr = _deferred_vr(raw, ds)
                 if vr in _BULK_VRS:
                     result[tag] = {"vr": vr, "BulkDataURI": f"{path}/{tag}"}
                     continue
@@ -65,10 +65,13 @@ def _dataset_json(ds: Dataset, path: str) -> dict[str, Any]:
 _BULK_VRS: Final = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 
 
-def _deferred_vr(tag: int, ds: Dataset) -> str | None:
-    """The VR of a deferred element read implicitly: its dictionary's, with pixel data's
-    "OB or OW" resolved as pydicom does for implicit VR (OW)."""
-    vr = _dictionary_vr(tag)
+def _deferred_vr(raw: RawDataElement, ds: Dataset) -> str | None:
+    """The VR of a deferred element: as read, else its dictionary's, with pixel data's
+    "OB or OW" (read implicitly) resolved as pydicom does for implicit VR (OW)."""
+    if raw.VR:
+        return str(raw.VR)
+    entry = DicomDictionary.get(int(raw.tag))
+    vr = entry[0] if entry else None
     return "OW" if vr == "OB or OW" and ds.original_encoding[0] else vr
 
 

@@ -8,6 +8,8 @@ which ``get_item`` converts. :func:`element_of` keeps only the deferred ones as 
 
 from __future__ import annotations
 
+from typing import TypeGuard
+
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import TagType
@@ -24,6 +26,6 @@ def element_of(ds: Dataset, tag: TagType) -> DataElement | RawDataElement:
     return element
 
 
-def is_deferred(element: DataElement | RawDataElement | None) -> bool:
+def is_deferred(element: DataElement | RawDataElement | None) -> TypeGuard[RawDataElement]:
     """Whether ``element``'s value was left in the stream it was read from."""
     return isinstance(element, RawDataElement) and element.value is None and bool(element.length)

@@ -30,8 +30,9 @@ class _Digest(Protocol):
     def update(self, data: bytes, /) -> None: ...
 
 
-Deferred = Callable[[RawDataElement], Iterable[bytes]]
-"""The value of an element pydicom deferred (read as a header only), in pieces."""
+Deferred = Callable[[RawDataElement], tuple[int, Iterable[bytes]]]
+"""The value of an element pydicom deferred (read as a header only): its length (as
+pydicom would read it: an undefined length one without its delimiter) and its pieces."""
 
 
 def content_sha256(dataset: Dataset, metadata_json: str, deferred: Deferred | None = None) -> str:
@@ -51,10 +52,11 @@ def _add_binary_values(
         if isinstance(element, RawDataElement):
             vr = element.VR or _dictionary_vr(int(tag))
             if element.value is None and element.length:  # deferred: left in the stream
-                if vr in _BINARY_VRS and deferred and element.length != _UNDEFINED_LENGTH:
-                    header = struct.pack(f"<{len(path) + 1}LQ", *path, int(tag), element.length)
-                    digest.update(header)
-                    for piece in deferred(element):
+                binary = vr in _BINARY_VRS or vr == "OB or OW"  # pixel data read implicitly
+                if binary and deferred and element.length != _UNDEFINED_LENGTH:
+                    length, pieces = deferred(element)
+                    digest.update(struct.pack(f"<{len(path) + 1}LQ", *path, int(tag), length))
+                    for piece in pieces:
                         digest.update(piece)
                     continue
             elif vr in _BINARY_VRS:

@@ -7,6 +7,7 @@ process. ``LARGE_INSTANCE_MIB`` sets the size (default 256; ``bench/large.py`` r
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -20,7 +21,17 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
+from pydicom import examples
+from pydicom.encaps import encapsulate
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit
 
+from catalog import to_dicom_json
+from ingest.encoding import encode
+from ingest.identity import content_sha256
+from ingest.pipeline import parse
+from ingest.spool import EncryptedSpool
+from ingest.spooled import Spooled
+from tests.dicom_bytes import part10
 from tests.large_instance import (
     PHI_ID,
     PHI_NAME,
@@ -127,7 +138,10 @@ def test_storescu_of_a_large_instance_stays_under_300_mb(
     node: NodeProcess, root: Path, large: LargeInstance
 ) -> None:
     with _SpoolWatch(_spool(root)) as watch:
-        result = storescu([large.path], port=node.dicom_port, aet_called=node.ae_title)
+        # implicit VR (storescu converts): pixel data whose VR only the dictionary gives
+        result = storescu(
+            [large.path], port=node.dicom_port, aet_called=node.ae_title, extra=["-xi"]
+        )
     assert result.ok, result.output
     peak = peak_rss(node.pid)
     print(f"C-STORE of {large.size / MIB:.0f} MiB: node peak RSS {peak / MIB:.0f} MiB")
@@ -135,6 +149,44 @@ def test_storescu_of_a_large_instance_stays_under_300_mb(
     _assert_ciphertext(watch)
     _assert_spool_empty(root)
     _assert_stored(node, root, large)
+
+
+@pytest.mark.parametrize(
+    "accept",
+    [
+        "multipart/related; type=application/dicom; transfer-syntax=*",
+        "application/dicom; transfer-syntax=*",
+    ],
+)
+def test_wado_rs_of_a_large_instance_stays_under_300_mb(
+    node: NodeProcess, root: Path, large: LargeInstance, accept: str
+) -> None:
+    blob = stored_blob(root / "data" / "blobs", large.size)
+    ds, _ = blob_header_and_pixel_sha256(blob)
+    url = (
+        f"{node.url}/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+        f"/instances/{ds.SOPInstanceUID}"
+    )
+    digest, size = hashlib.sha256(), blob.stat().st_size  # as stored (no transcoding)
+    with requests.get(url, headers={"Accept": accept}, stream=True, timeout=600) as answer:
+        assert answer.status_code == 200
+        body = answer.iter_content(MIB)
+        head = b""
+        if accept.startswith("multipart/"):  # the part's headers, then the file
+            while b"\r\n\r\n" not in head:
+                head += next(body)
+            head = head.split(b"\r\n\r\n", 1)[1]
+        received = len(head)
+        digest.update(head)
+        for chunk in body:
+            chunk = chunk[: max(0, size - received)]
+            digest.update(chunk)
+            received += len(chunk)
+    assert received == size
+    assert digest.hexdigest() == hashlib.sha256(blob.read_bytes()).hexdigest()
+    peak = peak_rss(node.pid)
+    print(f"WADO-RS ({accept}) of {size / MIB:.0f} MiB: node peak RSS {peak / MIB:.0f} MiB")
+    assert peak < RSS_LIMIT
 
 
 def test_stow_of_a_large_instance_stays_under_300_mb(node: NodeProcess, root: Path) -> None:
@@ -194,6 +246,41 @@ def test_an_association_cut_mid_transfer_leaves_no_spool(
         proc.wait()
     _assert_spool_empty(root)
     assert requests.get(f"{node.url}/healthz", timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit]
+)
+def test_a_spooled_instance_is_read_encoded_and_hashed_as_in_memory(syntax: str) -> None:
+    """The spool path leaves pixel data unread, yet gives the DICOM JSON, the content
+    identity and the stored file the in-memory path gives (dedupe across both holds)."""
+    ds = examples.ct
+    ds.Rows = ds.Columns = 512
+    ds.NumberOfFrames = 8
+    ds.file_meta.TransferSyntaxUID = syntax
+    if syntax == JPEGBaseline8Bit:
+        ds.PixelData = encapsulate([os.urandom(300_001 + i) for i in range(8)])
+        ds["PixelData"].VR = "OB"
+    else:
+        ds.PixelData = os.urandom(512 * 512 * 2 * 8)
+    ds.DataSetTrailingPadding = b"\0" * 10
+    raw = part10(ds)
+    with EncryptedSpool() as spool:
+        spool.write(b"--preamble--")
+        spool.write(raw)
+        spooled = Spooled(spool, 12, len(raw))
+        whole, header = parse(raw), spooled.parse()
+        assert header.get_item("PixelData", keep_deferred=True).value is None
+        metadata = to_dicom_json(whole, "1.2", "1.3", "1.4")
+        assert to_dicom_json(header, "1.2", "1.3", "1.4") == metadata
+        assert content_sha256(header, metadata, spooled.deferred) == content_sha256(whole, metadata)
+        whole.PatientName = header.PatientName = "ANON"
+        encoded = spooled.encode(header, changed=True)
+        assert not any(isinstance(p, bytes) and len(p) > MIB for p in encoded.parts)
+        copied = b"".join(
+            p if isinstance(p, bytes) else spool.read(12 + p[0], p[1] - p[0]) for p in encoded.parts
+        )
+        assert copied == encode(whole, raw) and encoded.size == len(copied)
 
 
 def _verify(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
