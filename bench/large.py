@@ -95,7 +95,8 @@ def _retrieve(url: str, stored: Dataset, pid: int) -> None:
         f"{stored.SeriesInstanceUID}/instances/{stored.SOPInstanceUID}"
     )
     start, size = time.perf_counter(), 0
-    with requests.get(path, headers={"Accept": "application/dicom"}, stream=True) as answer:
+    accept = "application/dicom; transfer-syntax=*"  # as stored: no transcoding
+    with requests.get(path, headers={"Accept": accept}, stream=True) as answer:
         answer.raise_for_status()
         for chunk in answer.iter_content(MIB):
             size += len(chunk)
