@@ -6,11 +6,12 @@ gigabyte, a zip inside an import's zip) writes it here: AES-256 in CTR mode
 ciphertext whose key is gone. CTR lets any byte range be decrypted on its own (a block's
 counter is the nonce plus its number): written once from the start, read anywhere.
 
-A spool made in a folder is a named file ``<pid>-<start>-<random>.spool`` (mode 0600),
-removed when the spool is closed. The name says which process owns it (its id and start
-time, so a reused id is not mistaken for the owner): :func:`leftovers` lists the files of
-processes that are gone (a crash, ``kill -9``), which ``pacsnode verify`` reports and
-removes. Without a folder the spool is an unnamed temporary file, gone with the process.
+A spool made in a folder is a named file ``<host>_<pid>_<start>_<random>.spool`` (mode
+0600), removed when the spool is closed. The name says which process owns it (its host, id
+and start time, so a reused id is not mistaken for the owner): :func:`leftovers` lists the
+files of this host's processes that are gone (a crash, ``kill -9``), which ``pacsnode
+verify`` reports and removes; a folder shared by nodes on other hosts keeps theirs.
+Without a folder the spool is an unnamed temporary file, gone with the process.
 (No authentication tag: a spool lives as long as one transfer, in a folder of the node's own.)
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import socket
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -37,7 +39,8 @@ _COUNTERS: Final = 1 << 128
 CHUNK: Final = 1 << 20
 """Bytes decrypted at a time when a range is read in pieces."""
 SUFFIX: Final = ".spool"
-_NAME: Final = re.compile(r"^(\d+)-(\d+)-[0-9a-f]{32}\.spool$")
+_NAME: Final = re.compile(r"^([A-Za-z0-9.-]+)_(\d+)_(\d+)_[0-9a-f]{32}\.spool$")
+_HOST: Final = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname()) or "host"
 
 
 def _started(pid: int) -> int | None:
@@ -48,24 +51,24 @@ def _started(pid: int) -> int | None:
         return None
 
 
-_OWNER: Final = f"{os.getpid()}-{_started(os.getpid())}"
+_OWNER: Final = f"{_HOST}_{os.getpid()}_{_started(os.getpid())}"
 
 
 def spool_path(folder: Path) -> Path:
     """A new spool file name in ``folder``, owned by this process."""
-    return folder / f"{_OWNER}-{uuid.uuid4().hex}{SUFFIX}"
+    return folder / f"{_OWNER}_{uuid.uuid4().hex}{SUFFIX}"
 
 
 def leftovers(folder: Path) -> list[Path]:
-    """Spool files in ``folder`` whose process is gone (left by a crash)."""
+    """Spool files in ``folder`` of this host's processes that are gone (left by a crash)."""
     if not folder.is_dir():
         return []
     found = []
     for path in folder.iterdir():
         match = _NAME.match(path.name)
-        if match is None:
+        if match is None or match[1] != _HOST:
             continue
-        pid, started = int(match[1]), int(match[2])
+        pid, started = int(match[2]), int(match[3])
         owner = _started(pid)
         if owner is None or abs(owner - started) > 1:
             found.append(path)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -306,21 +308,25 @@ def test_verify_finds_and_removes_a_spool_file_left_by_a_dead_process(
 ) -> None:
     spool = _spool(root)
     spool.mkdir(exist_ok=True)
-    dead = psutil.Process(node.pid).create_time()
-    left = spool / f"{2**22 - 3}-{int(dead)}-{uuid.uuid4().hex}.spool"  # no such process
+    host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())
+    started = int(psutil.Process(node.pid).create_time())
+    left = spool / f"{host}_{2**22 - 3}_{started}_{uuid.uuid4().hex}.spool"  # no such process
     left.write_bytes(os.urandom(4096))
     me = psutil.Process()
-    live = spool / f"{me.pid}-{int(me.create_time())}-{uuid.uuid4().hex}.spool"
+    live = spool / f"{host}_{me.pid}_{int(me.create_time())}_{uuid.uuid4().hex}.spool"
     live.write_bytes(os.urandom(4096))
+    elsewhere = spool / f"other-host_{2**22 - 3}_{started}_{uuid.uuid4().hex}.spool"
+    elsewhere.write_bytes(os.urandom(4096))  # another node's, on a shared folder
     try:
         found = _verify(root)
         assert found.returncode == 1, found.stdout + found.stderr
         assert f"spool leftover: {left}" in found.stdout
         assert live.name not in found.stdout  # its process (this test) is alive
+        assert elsewhere.name not in found.stdout  # its host's processes are not ours to judge
         repaired = _verify(root, "--repair")
         assert repaired.returncode == 0, repaired.stdout + repaired.stderr
-        assert not left.exists() and live.exists()
+        assert not left.exists() and live.exists() and elsewhere.exists()
         assert _verify(root).returncode == 0  # and the large instances' blobs are intact
     finally:
-        live.unlink(missing_ok=True)
-        left.unlink(missing_ok=True)
+        for path in (live, left, elsewhere):
+            path.unlink(missing_ok=True)

@@ -134,7 +134,7 @@ def test_spool_gives_back_any_range_and_holds_only_ciphertext(tmp_path: Path) ->
         assert len(content) == len(data)
         assert PHI_NAME.encode() not in content
         (named,) = (tmp_path / "spool").iterdir()  # named after its process (pacsnode verify)
-        assert named.name.startswith(f"{os.getpid()}-") and named.read_bytes() == content
+        assert f"_{os.getpid()}_" in named.name and named.read_bytes() == content
         with pytest.raises(ValueError, match="outside"):
             spool.read(len(data) - 1, 2)
     assert not _fds_under(tmp_path / "spool")
