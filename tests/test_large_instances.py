@@ -136,6 +136,19 @@ def _assert_ciphertext(watch: _SpoolWatch) -> None:
         assert not any(marker in head for marker in PHI_MARKERS)
 
 
+def _assert_bounded_and_stored(
+    node: NodeProcess, root: Path, large: LargeInstance, watch: _SpoolWatch, door: str
+) -> None:
+    """The node stayed under the limit, spooled only ciphertext, removed its spool and
+    stored the instance de-identified with its pixel data intact."""
+    peak = peak_rss(node.pid)
+    print(f"{door} of {large.size / MIB:.0f} MiB: node peak RSS {peak / MIB:.0f} MiB")
+    assert peak < RSS_LIMIT
+    _assert_ciphertext(watch)
+    _assert_spool_empty(root)
+    _assert_stored(node, root, large)
+
+
 def test_storescu_of_a_large_instance_stays_under_300_mb(
     node: NodeProcess, root: Path, large: LargeInstance
 ) -> None:
@@ -145,12 +158,7 @@ def test_storescu_of_a_large_instance_stays_under_300_mb(
             [large.path], port=node.dicom_port, aet_called=node.ae_title, extra=["-xi"]
         )
     assert result.ok, result.output
-    peak = peak_rss(node.pid)
-    print(f"C-STORE of {large.size / MIB:.0f} MiB: node peak RSS {peak / MIB:.0f} MiB")
-    assert peak < RSS_LIMIT
-    _assert_ciphertext(watch)
-    _assert_spool_empty(root)
-    _assert_stored(node, root, large)
+    _assert_bounded_and_stored(node, root, large, watch, "C-STORE")
 
 
 @pytest.mark.parametrize(
@@ -210,12 +218,7 @@ def test_stow_of_a_large_instance_stays_under_300_mb(node: NodeProcess, root: Pa
             timeout=600,
         )
     assert response.status_code == 200, response.text
-    peak = peak_rss(node.pid)
-    print(f"STOW-RS of {large.size / MIB:.0f} MiB: node peak RSS {peak / MIB:.0f} MiB")
-    assert peak < RSS_LIMIT
-    _assert_ciphertext(watch)
-    _assert_spool_empty(root)
-    _assert_stored(node, root, large)
+    _assert_bounded_and_stored(node, root, large, watch, "STOW-RS")
     large.path.unlink()
 
 
