@@ -17,6 +17,8 @@ from pydicom._dicom_dict import DicomDictionary
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 
+from catalog.elements import element_of
+
 BULKDATA_THRESHOLD = 1024
 """Binary values longer than this many bytes become a BulkDataURI instead of InlineBinary."""
 
@@ -35,8 +37,14 @@ def _dataset_json(ds: Dataset, path: str) -> dict[str, Any]:
     little_endian = ds.original_encoding[1]
     for base_tag in sorted(ds.keys()):
         tag = f"{base_tag:08X}"
-        raw = ds.get_item(base_tag)
+        raw = element_of(ds, base_tag)
         if isinstance(raw, RawDataElement):
+            if raw.value is None and raw.length > BULKDATA_THRESHOLD:
+                # deferred (a large instance's pixel data, left in the spool): not read here
+                vr = _deferred_vr(raw, ds)
+                if vr in _BULK_VRS:
+                    result[tag] = {"vr": vr, "BulkDataURI": f"{path}/{tag}"}
+                    continue
             fast = _raw_json(raw, little_endian)
             if fast is not None:
                 result[tag] = fast
@@ -52,6 +60,19 @@ def _dataset_json(ds: Dataset, path: str) -> dict[str, Any]:
         else:
             result[tag] = _element_json(element, element_path)
     return result
+
+
+_BULK_VRS: Final = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+
+
+def _deferred_vr(raw: RawDataElement, ds: Dataset) -> str | None:
+    """The VR of a deferred element: as read, else its dictionary's, with pixel data's
+    "OB or OW" (read implicitly) resolved as pydicom does for implicit VR (OW)."""
+    if raw.VR:
+        return str(raw.VR)
+    entry = DicomDictionary.get(int(raw.tag))
+    vr = entry[0] if entry else None
+    return "OW" if vr == "OB or OW" and ds.original_encoding[0] else vr
 
 
 def _raw_json(raw: RawDataElement, little_endian: bool | None) -> dict[str, Any] | None:

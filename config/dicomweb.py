@@ -60,8 +60,9 @@ class DicomwebSettings(BaseModel):
     spool_dir: Path | None = Field(
         None,
         description=(
-            "Folder of the encrypted spool files of STOW-RS requests being received (unnamed "
-            "temporary files, gone when the request ends). Default: <data_dir>/spool."
+            "Folder of the encrypted spool files of STOW-RS requests and large C-STORE data "
+            "sets being received (removed when the transfer ends; pacsnode verify finds "
+            "those a crash left). Default: <data_dir>/spool."
         ),
     )
     gzip_min_bytes: int = Field(

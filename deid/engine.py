@@ -21,6 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
+from catalog.elements import element_of
 from deid.base import DeidRejectedError
 from deid.clean import TextCleaner, cleaner_for, identifier_tokens
 from deid.profile import Action, Profile
@@ -198,7 +199,7 @@ class ProfileWalker:
     def _unlisted(
         self, ds: Dataset, tag: int, context: Context, depth: int, structured: bool
     ) -> None:
-        raw = ds.get_item(tag)
+        raw = element_of(ds, tag)
         raw_vr = raw.VR if raw is not None else None
         if tag in _SQ_TAGS or raw_vr == "SQ":
             self._walk_items(ds, tag, context, depth, structured)
@@ -341,7 +342,7 @@ class ProfileWalker:
 
 def _vr(ds: Dataset, tag: int) -> str:
     """The element's VR; the dictionary's when it was sent implicitly or as UN."""
-    raw = ds.get_item(tag)
+    raw = element_of(ds, tag)
     vr = str(raw.VR) if isinstance(raw, RawDataElement | DataElement) and raw.VR else "UN"
     if vr == "UN":
         entry = DicomDictionary.get(tag)

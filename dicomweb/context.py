@@ -34,6 +34,8 @@ class DicomwebContext:
     settings: DicomwebSettings
     spool_dir: Path | None = None
     """Folder of the encrypted STOW-RS spool files (``None``: the system's temporary folder)."""
+    spool_threshold: int = 8 * 1024 * 1024
+    """Parts larger than this go through ingest from the spool, in bounded memory."""
 
     def base_url(self, request: Request) -> str:
         """The DICOMweb root as the client reaches it, never the internal host behind a proxy.

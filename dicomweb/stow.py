@@ -2,13 +2,14 @@
 
 The body is one instance (``Content-Type: application/dicom``) or a multipart/related body of
 instances. As it arrives it is parsed and its parts' bytes go to an encrypted spool file
-(:mod:`dicomweb.spool`: the bytes are not de-identified yet), so memory holds a chunk of the
+(:mod:`ingest.spool`: the bytes are not de-identified yet), so memory holds a chunk of the
 body, never all of it. Only a complete body is stored: a truncated upload stores nothing.
-Then each part, read back from the spool one at a time, goes to
-:meth:`ingest.Ingestor.accept`, so it is validated, de-identified and indexed as a C-STORE
-would be; the outcome maps to a FailureReason (the table beside C-STORE's in
-``scp/status.py``). Failures are listed one by one in the answer's FailedSOPSequence and
-summarised (count per reason, the first parts) in its ``Warning`` header and in one log line.
+Then each part, read back from the spool one at a time (a large one is left there:
+:mod:`ingest.spooled`), goes to :meth:`ingest.Ingestor.accept`, so it is validated,
+de-identified and indexed as a C-STORE would be; the outcome maps to a FailureReason (the
+table beside C-STORE's in ``scp/status.py``). Failures are listed one by one in the
+answer's FailedSOPSequence and summarised (count per reason, the first parts) in its
+``Warning`` header and in one log line.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ from dicomweb.media import (
     parse_accept,
     parse_media_type,
 )
-from dicomweb.spool import EncryptedSpool
 from ingest import Expected, IngestResult, Outcome, Source
+from ingest.spool import EncryptedSpool
+from ingest.spooled import Spooled
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +187,12 @@ def _accept_all(
         if part.content_type and parse_media_type(part.content_type).media_type != DICOM:
             results.append(
                 IngestResult(Outcome.REJECTED_INVALID, source, reason=f"a part is not {DICOM}")
+            )
+            continue
+        if part.length > context.spool_threshold:  # a large one stays in the spool
+            spooled = Spooled(spool, part.offset, part.length)
+            results.append(
+                context.ingestor.accept_received(spooled, source, expected, log_failure=False)
             )
             continue
         try:

@@ -56,7 +56,6 @@ log = logging.getLogger(__name__)
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 """The default transfer syntax of application/dicom and of uncompressed frames (PS3.18 8.7.3)."""
 
-CHUNK = 16 << 20
 BATCH = 4 << 20
 FRAME_BATCH = 1 << 20
 RENDERED_TYPES = ("image/jpeg", "image/png")
@@ -75,13 +74,18 @@ def _stored_batches(
     """The multipart body of stored files, in batches of about BATCH bytes.
 
     Each batch is allocated at its final size and every file is read into it in place, so
-    file bytes are copied once on their way to the socket.
+    file bytes are copied once on their way to the socket. A file larger than a batch (a
+    large multi-frame instance) goes in chunks of its own instead.
     """
     start = 0
     while start < len(parts):
+        if parts[start][0].size > BATCH:
+            yield from _large_part(blobs, *parts[start], end if start == len(parts) - 1 else b"")
+            start += 1
+            continue
         stop = start + 1
         total = len(parts[start][1]) + parts[start][0].size
-        while stop < len(parts) and total < BATCH:
+        while stop < len(parts) and total < BATCH and parts[stop][0].size <= BATCH:
             total += len(parts[stop][1]) + parts[stop][0].size
             stop += 1
         group = parts[start:stop]
@@ -106,6 +110,21 @@ def _stored_batches(
             view[offset:] = end
         yield view
         start = stop
+
+
+def _large_part(
+    blobs: BlobStore, instance: StoredInstance, header: bytes, end: bytes
+) -> Iterator[memoryview]:
+    """One part of :func:`_stored_batches` whose file is read a chunk at a time."""
+    yield memoryview(header)
+    sent = 0
+    with blobs.open(instance.blob_key) as stream:
+        while chunk := stream.read(min(BATCH, instance.size - sent)):
+            sent += len(chunk)
+            yield memoryview(chunk)
+    if sent != instance.size:
+        raise BlobSizeError(instance.sop_instance_uid)
+    yield memoryview(PART_TRAILER + end)
 
 
 def _read_into(stream: BinaryIO, target: memoryview) -> int:
@@ -177,7 +196,7 @@ def create_wado_router(context: DicomwebContext) -> APIRouter:
     def instance_chunks(instance: StoredInstance, syntax: str) -> Iterator[bytes]:
         if syntax in ("*", instance.transfer_syntax_uid):
             with blobs.open(instance.blob_key) as stream:
-                while chunk := stream.read(CHUNK):
+                while chunk := stream.read(BATCH):
                     yield chunk
         else:
             try:

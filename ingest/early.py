@@ -9,6 +9,7 @@ write: an instance is acknowledged only once both are durable.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Final
 
@@ -18,11 +19,11 @@ _WRITERS: Final = ThreadPoolExecutor(max_workers=8, thread_name_prefix="blob-wri
 
 
 class EarlyBlob:
-    """``blobs.put(data)`` running in a writer thread."""
+    """``store(blobs)`` (the file's own write into the store) running in a writer thread."""
 
-    def __init__(self, blobs: BlobStore, data: bytes) -> None:
+    def __init__(self, blobs: BlobStore, store: Callable[[BlobStore], BlobRef]) -> None:
         self._blobs = blobs
-        self._future = _WRITERS.submit(blobs.put, data)
+        self._future = _WRITERS.submit(store, blobs)
 
     def result(self) -> BlobRef:
         """The stored blob, once durable; raises what ``put`` raised."""

@@ -12,6 +12,7 @@ the shortcut does not apply (deflated or re-encoded data sets) it is that call.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from io import BytesIO
 from typing import Final
 
@@ -23,8 +24,15 @@ from pydicom.multival import MultiValue
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
+from catalog.elements import element_of
+
 _UNDEFINED_LENGTH: Final = 0xFFFFFFFF
 _PREAMBLE: Final = b"\0" * 128
+
+
+Part = bytes | tuple[int, int]
+"""A piece of an encoded file: bytes written, or a ``(start, end)`` range of the received
+stream, copied as it is."""
 
 
 def encode(dataset: Dataset, received: bytes | None = None) -> bytes:
@@ -33,33 +41,44 @@ def encode(dataset: Dataset, received: bytes | None = None) -> bytes:
     ``received`` is the stream ``dataset`` was read from; elements still raw are copied
     from it.
     """
+    stream = memoryview(received) if received is not None else None
+    parts = None if stream is None else encode_parts(dataset, lambda at: bytes(stream[at : at + 4]))
+    if parts is None or stream is None:
+        if _read_implicitly(dataset) and dataset.file_meta.get("TransferSyntaxUID") != (
+            ImplicitVRLittleEndian
+        ):
+            # Raw elements would be written in the wrong encoding: convert them all so
+            # pydicom writes them in the one the file meta declares.
+            dataset.walk(lambda _dataset, _element: None)
+        buffer = BytesIO()
+        dataset.save_as(buffer, enforce_file_format=True)
+        return buffer.getvalue()
+    return b"".join(p if isinstance(p, bytes) else stream[p[0] : p[1]] for p in parts)
+
+
+def encode_parts(dataset: Dataset, tag_at: Callable[[int], bytes]) -> list[Part] | None:
+    """``dataset`` as a Part 10 file made of written bytes and ranges of the received
+    stream (whose 4 bytes at an offset ``tag_at`` gives); None when its elements cannot be
+    copied as received (deflated, re-encoded, or a deferred value with no known end)."""
     meta = dataset.file_meta
     meta.MediaStorageSOPClassUID = dataset.SOPClassUID
     meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
     syntax = meta.get("TransferSyntaxUID")
     implicit, little = syntax == ImplicitVRLittleEndian, syntax != ExplicitVRBigEndian
-    read_implicitly = _read_implicitly(dataset)
-    if read_implicitly and not implicit:
-        # Raw elements would be copied (and written) in the wrong encoding: convert them all
-        # so pydicom writes them in the one the file meta declares.
-        dataset.walk(lambda _dataset, _element: None)
     if (
-        received is None
-        or syntax is None
+        syntax is None
         or syntax == DeflatedExplicitVRLittleEndian
-        or read_implicitly != implicit
+        or _read_implicitly(dataset) != implicit
         or dataset.original_encoding != (implicit, little)
         or dataset.original_character_set != dataset._character_set
     ):
-        buffer = BytesIO()
-        dataset.save_as(buffer, enforce_file_format=True)
-        return buffer.getvalue()
-
+        return None
     head = _buffer(little_endian=True, implicit_vr=False)
     head.write(dataset.preamble or _PREAMBLE)
     head.write(b"DICM")
     write_file_meta_info(head, meta, enforce_standard=True)
-    return b"".join([head.getvalue(), *_body(dataset, received, little, implicit)])
+    body = _body(dataset, tag_at, little, implicit)
+    return None if body is None else [head.getvalue(), *body]
 
 
 def _read_implicitly(dataset: Dataset) -> bool:
@@ -71,46 +90,47 @@ def _read_implicitly(dataset: Dataset) -> bool:
     read implicitly, they carry no VR.
     """
     for tag in dataset.keys():  # noqa: SIM118 (iterating a Dataset converts elements)
-        element = dataset.get_item(tag)
+        element = element_of(dataset, tag)
         if isinstance(element, RawDataElement):
             return element.VR is None
     return bool(dataset.original_encoding[0])
 
 
 def _body(
-    dataset: Dataset, received: bytes, little: bool, implicit: bool
-) -> list[bytes | memoryview]:
-    """The top-level elements in tag order: runs of unchanged raw elements as views of
-    ``received`` (copied once, by the final join), changed elements written by pydicom."""
-    stream = memoryview(received)
+    dataset: Dataset, tag_at: Callable[[int], bytes], little: bool, implicit: bool
+) -> list[Part] | None:
+    """The top-level elements in tag order: runs of unchanged raw elements as ranges of
+    the received stream, changed elements written by pydicom."""
     tag_format = struct.Struct("<HH" if little else ">HH")
     encoding = dataset.get("SpecificCharacterSet", "iso8859")
-    parts: list[bytes | memoryview] = []
+    parts: list[Part] = []
     written = _buffer(little, implicit)
     run_start = run_end = 0
     for tag in sorted(dataset.keys()):
         if tag.element == 0 and tag.group > 6:
             continue  # retired group lengths are not written (PS3.5 7.2)
-        element = dataset.get_item(tag)
+        element = element_of(dataset, tag)
         span = _raw_span(element, implicit)
-        if span and stream[span[0] : span[0] + 4] == tag_format.pack(tag.group, tag.element):
+        if span and tag_at(span[0]) == tag_format.pack(tag.group, tag.element):
             if written.tell():
                 parts.append(written.getvalue())
                 written = _buffer(little, implicit)
             if span[0] != run_end:
-                parts.append(stream[run_start:run_end])
+                parts.append((run_start, run_end))
                 run_start = span[0]
             run_end = span[1]
             continue
+        if isinstance(element, RawDataElement) and element.value is None and element.length:
+            return None  # deferred, and not where it was read: its value is not here
         if run_end:
-            parts.append(stream[run_start:run_end])
+            parts.append((run_start, run_end))
             run_start = run_end = 0
         simple = _simple_element(element, little, implicit)
         if simple is None:
             write_data_element(written, element, encoding)
         else:
             written.write(simple)
-    parts.extend((stream[run_start:run_end], written.getvalue()))
+    parts.extend(((run_start, run_end), written.getvalue()))
     return parts
 
 
@@ -182,11 +202,15 @@ def _buffer(little_endian: bool, implicit_vr: bool) -> DicomBytesIO:
 
 def _raw_span(element: DataElement | RawDataElement, implicit: bool) -> tuple[int, int] | None:
     """Where ``element`` (header included) lies in the received stream, if still raw."""
-    if not isinstance(element, RawDataElement) or element.value is None:
+    if not isinstance(element, RawDataElement):
         return None
     header = 8 if implicit or element.VR not in EXPLICIT_VR_LENGTH_32 else 12
     start = element.value_tell - header
-    if element.length == _UNDEFINED_LENGTH:
+    if element.value is None:  # deferred (read later from the stream): a defined length
+        if not element.length or element.length == _UNDEFINED_LENGTH:
+            return None
+        end = element.value_tell + element.length
+    elif element.length == _UNDEFINED_LENGTH:
         end = element.value_tell + len(element.value) + 8  # and the sequence delimiter
     elif element.length == len(element.value):
         end = element.value_tell + element.length

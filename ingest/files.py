@@ -12,7 +12,6 @@ there, at most ``imports.max_zip_depth`` archives deep. Whatever cannot be read 
 
 from __future__ import annotations
 
-import io
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator
@@ -201,11 +200,7 @@ class _Reader:
             while chunk := stream.read(_CHUNK):
                 spool.write(chunk)
             budget.charge(info.file_size)
-            spool.rewind()
-            with (
-                io.BufferedReader(spool, _CHUNK) as spooled,
-                zipfile.ZipFile(spooled) as inner,
-            ):
+            with spool.reader() as spooled, zipfile.ZipFile(spooled) as inner:
                 yield from self._archive(name, inner, depth + 1, budget, share)
 
     def _refusal(self, name: str, head: bytes, size: int) -> str:

@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Callable, Iterable
 from typing import Final, Protocol
 
 from pydicom._dicom_dict import DicomDictionary
-from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
+from catalog.elements import element_of
+
+_UNDEFINED_LENGTH: Final = 0xFFFFFFFF
 _BINARY_VRS: Final = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 
 
@@ -26,28 +30,44 @@ class _Digest(Protocol):
     def update(self, data: bytes, /) -> None: ...
 
 
-def content_sha256(dataset: Dataset, metadata_json: str) -> str:
+Deferred = Callable[[RawDataElement], tuple[int, Iterable[bytes]]]
+"""The value of an element pydicom deferred (read as a header only): its length (as
+pydicom would read it: an undefined length one without its delimiter) and its pieces."""
+
+
+def content_sha256(dataset: Dataset, metadata_json: str, deferred: Deferred | None = None) -> str:
     """sha256 of ``dataset``'s content; ``metadata_json`` is its DICOM JSON as indexed
-    (:func:`catalog.to_dicom_json`)."""
+    (:func:`catalog.to_dicom_json`); ``deferred`` reads values left in the received stream
+    (a large instance's pixel data), which hash as if they had been read."""
     digest = hashlib.sha256(metadata_json.encode("utf-8"))
-    _add_binary_values(dataset, digest, ())
+    _add_binary_values(dataset, digest, (), deferred)
     return digest.hexdigest()
 
 
-def _add_binary_values(dataset: Dataset, digest: _Digest, path: tuple[int, ...]) -> None:
+def _add_binary_values(
+    dataset: Dataset, digest: _Digest, path: tuple[int, ...], deferred: Deferred | None
+) -> None:
     for tag in sorted(dataset.keys()):
-        element: DataElement | RawDataElement = dataset.get_item(tag)
+        element = element_of(dataset, tag)
         if isinstance(element, RawDataElement):
             vr = element.VR or _dictionary_vr(int(tag))
-            if vr in _BINARY_VRS:
+            if element.value is None and element.length:  # deferred: left in the stream
+                binary = vr in _BINARY_VRS or vr == "OB or OW"  # pixel data read implicitly
+                if binary and deferred and element.length != _UNDEFINED_LENGTH:
+                    length, pieces = deferred(element)
+                    digest.update(struct.pack(f"<{len(path) + 1}LQ", *path, int(tag), length))
+                    for piece in pieces:
+                        digest.update(piece)
+                    continue
+            elif vr in _BINARY_VRS:
                 _add(digest, (*path, int(tag)), element.value)
                 continue
-            if vr is not None and len(vr) == 2 and vr != "SQ":
+            elif vr is not None and len(vr) == 2 and vr != "SQ":
                 continue  # text or numbers: all in the JSON
-            element = dataset[tag]  # a sequence, or a VR only pydicom can resolve
+            element = dataset[tag]  # a sequence, a VR only pydicom resolves, a deferred value
         if element.VR == "SQ":
             for index, item in enumerate(element.value):
-                _add_binary_values(item, digest, (*path, int(tag), index))
+                _add_binary_values(item, digest, (*path, int(tag), index), deferred)
         elif element.VR in _BINARY_VRS:
             _add(digest, (*path, int(tag)), element.value)
 

@@ -7,8 +7,9 @@ import re
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from io import BytesIO
+from typing import BinaryIO, Protocol
 
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
@@ -25,6 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from access.projects import ProjectRules
 from catalog import CatalogWriter, Existing, IndexOutcome, InstanceRecord, extract, to_dicom_json
+from catalog.elements import element_of
 from catalog.quarantine import Held, QuarantineOutcome, find_held
 from config.access import AccessSettings
 from deid import Deidentifier, DeidRejectedError
@@ -32,7 +34,7 @@ from deid.engine import text_of
 from ingest.early import EarlyBlob
 from ingest.encoding import encode
 from ingest.filemeta import group_after_meta
-from ingest.identity import content_sha256
+from ingest.identity import Deferred, content_sha256
 from ingest.model import Expected, IngestResult, Outcome, ReviewError, Source
 from ingest.pixeldata import pixel_data_problem
 from storage import BlobNotFoundError, BlobRef, BlobStore, StorageError
@@ -43,8 +45,58 @@ _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 _DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 _UNDEFINED_LENGTH = 0xFFFFFFFF
+_META_PEEK = 1 << 16
+"""Bytes read to find where the file meta ends without pydicom (a longer meta: pydicom)."""
 
 ResultListener = Callable[[IngestResult], None]
+
+
+class Encoded(Protocol):
+    """The file to store of a received instance."""
+
+    @property
+    def size(self) -> int: ...
+
+    def store(self, blobs: BlobStore) -> BlobRef:
+        """Write it as a new blob (:class:`StorageError` if it cannot be)."""
+        ...
+
+
+class Received(Protocol):
+    """An instance as received: in memory (bytes), or left in a spool when large
+    (:mod:`ingest.spooled`)."""
+
+    @property
+    def deferred(self) -> Deferred | None:
+        """Reads the values the parse left in the stream."""
+        ...
+
+    def parse(self) -> Dataset: ...
+
+    def encode(self, dataset: Dataset, changed: bool) -> Encoded:
+        """``dataset`` (read by :meth:`parse`, then de-identified) as a file to store."""
+        ...
+
+
+@dataclass(frozen=True)
+class _InMemory:
+    """A received Part 10 stream held in memory: the file to store is bytes too."""
+
+    data: bytes
+    deferred: Deferred | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    def parse(self) -> Dataset:
+        return parse(self.data)
+
+    def encode(self, dataset: Dataset, changed: bool) -> _InMemory:
+        return _InMemory(encode(dataset, self.data)) if changed else self
+
+    def store(self, blobs: BlobStore) -> BlobRef:
+        return blobs.put(self.data)
 
 
 class _RejectedError(Exception):
@@ -104,8 +156,19 @@ class Ingestor:
         ``log_failure=False``: the caller logs refusals itself, as a summary of many (a
         STOW-RS request of 10,000 bad parts logs one line, not 10,000).
         """
+        return self.accept_received(_InMemory(raw), source, expected, log_failure=log_failure)
+
+    def accept_received(
+        self,
+        received: Received,
+        source: Source,
+        expected: Expected | None = None,
+        *,
+        log_failure: bool = True,
+    ) -> IngestResult:
+        """:meth:`accept` for an instance in any form (a large one left in a spool)."""
         return self._run(
-            source, lambda: self._accept(raw, source, expected), log_failure=log_failure
+            source, lambda: self._accept(received, source, expected), log_failure=log_failure
         )
 
     def release(self, sop_instance_uid: str, *, actor: str) -> IngestResult:
@@ -156,8 +219,8 @@ class Ingestor:
                 log.exception("ingest listener %r failed", listener)
         return result
 
-    def _accept(self, raw: bytes, source: Source, expected: Expected | None) -> IngestResult:
-        received = parse(raw)
+    def _accept(self, stream: Received, source: Source, expected: Expected | None) -> IngestResult:
+        received = stream.parse()
         validate(received, expected)
         projects, new_study_projects = self.projects.projects_for(
             door=source.door,
@@ -171,22 +234,27 @@ class Ingestor:
         except DeidRejectedError as exc:
             raise _RejectedError(Outcome.REJECTED_DEID, str(exc)) from exc
         dataset = deidentified.dataset
-        data = encode(dataset, raw) if deidentified.changed else raw
-        result = _result(dataset, source, len(data))
+        data = stream.encode(dataset, deidentified.changed)
+        result = _result(dataset, source, data.size)
         existing = self._find(result)
-        # nothing stored under this UID (the usual case): the blob will be kept, so its
-        # write starts now and overlaps the record and content hash
-        early = EarlyBlob(self.blobs, data) if existing is None else None
+        # nothing stored under this UID (the usual case) and the file in memory: the blob
+        # will be kept, so its write starts now and overlaps the record and content hash (a
+        # spooled one is not: the hash reads its deferred values from the same spool)
+        early = (
+            EarlyBlob(self.blobs, data.store)
+            if existing is None and stream.deferred is None
+            else None
+        )
         try:
             record = replace(
                 _record(dataset, result, deidentified.method, deidentified.flag),
                 projects=projects,
                 new_study_projects=new_study_projects,
             )
-            content = content_sha256(dataset, record.metadata_json)
+            content = content_sha256(dataset, record.metadata_json, stream.deferred)
             if existing is not None and self._already_holds(result, existing, content, projects):
                 return replace(result, outcome=Outcome.DUPLICATE)
-            blob = self.blobs.put(data) if early is None else early.result()
+            blob = data.store(self.blobs) if early is None else early.result()
         except StorageError as exc:
             raise _RejectedError(
                 Outcome.FAILED_STORAGE, f"storage failure: {exc.strerror}"
@@ -360,16 +428,17 @@ class _TagOrderGuard:
         return False  # never stop early: the whole data set is read
 
 
-def _command_flood(raw: bytes) -> bool:
+def _command_flood(stream: BinaryIO) -> bool:
     """Whether the stream holds more command elements (group 0000) than any file does.
 
     pydicom reads every group 0000 element after the file meta as a command set before the
     data set, without a bound and out of :class:`_TagOrderGuard`'s reach: zeros after a
     file meta read that way too.
     """
-    if group_after_meta(raw) not in (None, 0):
+    prefix = stream.read(_META_PEEK)
+    stream.seek(0)
+    if group_after_meta(prefix) not in (None, 0):
         return False  # the common case, read without pydicom: a data set follows the meta
-    stream = BytesIO(raw)
     try:
         if read_preamble(stream, force=False) is None:
             return False
@@ -387,12 +456,19 @@ def _command_flood(raw: bytes) -> bool:
 
 def parse(raw: bytes) -> Dataset:
     """Decode a DICOM Part 10 stream; raise ``_Rejected`` with a reason fit for the peer."""
-    if _command_flood(raw):
+    return parse_stream(BytesIO(raw), len(raw))
+
+
+def parse_stream(stream: BinaryIO, length: int, defer_size: int | None = None) -> Dataset:
+    """:func:`parse` of a seekable file of ``length`` bytes; values longer than
+    ``defer_size`` are left in it (pydicom's deferred read: a header and an offset)."""
+    if _command_flood(stream):
         raise _RejectedError(
             Outcome.REJECTED_INVALID, "malformed DICOM: command elements where the data set is"
         )
     try:
-        dataset = read_partial(BytesIO(raw), stop_when=_TagOrderGuard())
+        stream.seek(0)
+        dataset = read_partial(stream, stop_when=_TagOrderGuard(), defer_size=defer_size)
     except _RejectedError:
         raise
     except InvalidDicomError:
@@ -411,7 +487,7 @@ def parse(raw: bytes) -> Dataset:
         raise _RejectedError(
             Outcome.REJECTED_INVALID, "a DICOMDIR is a media index, not an instance"
         )
-    if _is_truncated(dataset, len(raw)):
+    if _is_truncated(dataset, length):
         raise _RejectedError(Outcome.REJECTED_INVALID, "malformed DICOM: the data set is truncated")
     return dataset
 
@@ -429,9 +505,11 @@ def _is_truncated(dataset: Dataset, stream_length: int) -> bool:
     tags = list(dataset.keys())
     if not tags:
         return True
-    last = dataset.get_item(tags[-1])
+    last = element_of(dataset, tags[-1])
     if not isinstance(last, RawDataElement):
         return False  # already decoded (a sequence): pydicom checked its delimiters
+    if last.value is None and last.length == _UNDEFINED_LENGTH:
+        return False  # deferred: pydicom found its delimiter (or refused the stream)
     if last.length == _UNDEFINED_LENGTH:
         end = last.value_tell + len(last.value or b"") + 8  # + the delimiter item
     else:

@@ -13,10 +13,13 @@ from __future__ import annotations
 from io import BytesIO
 from math import ceil
 
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.pixels.decoders.base import DecodeRunner
 from pydicom.pixels.utils import as_pixel_options
 from pydicom.uid import UID
+
+from catalog.elements import element_of
 
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
@@ -38,8 +41,13 @@ def pixel_data_problem(dataset: Dataset) -> str | None:
         expected = ceil(runner.frame_length(unit="bytes") * runner.number_of_frames)
     except (AttributeError, KeyError, TypeError, ValueError):
         return None
-    element = dataset.get_item(keyword)
-    actual = len(element.value or b"") if element is not None else 0
+    element = element_of(dataset, keyword)
+    if element is None:
+        actual = 0
+    elif element.value is None and isinstance(element, RawDataElement):
+        actual = element.length  # deferred: left in the received stream
+    else:
+        actual = len(element.value or b"")
     if actual >= expected:
         return None  # equal, one odd-length pad byte, or excess pydicom ignores
     return f"pixel data has {actual} bytes, the image attributes need {expected}"

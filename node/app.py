@@ -72,8 +72,8 @@ def configure_libraries() -> None:
 
     - pydicom: no validation warnings or log lines; they quote attribute values, which can
       be patient data, and a receiver must store what it is given anyway.
-    - pynetdicom: never log identifiers of requests and responses, and never spool a
-      received data set to a temporary file (it would put PHI on disk before de-id).
+    - pynetdicom: never log identifiers of requests and responses. (Its chunked receive
+      of C-STORE data sets is set up by ``scp.receive``: encrypted, never in the clear.)
     - python-hl7: no warnings (they quote the field being unescaped).
     - pydicom never calls GDCM, its first pixel plugin once python-gdcm is installed: GDCM
       can corrupt its heap on a malformed stream, so it only runs in a child process
@@ -84,7 +84,6 @@ def configure_libraries() -> None:
     warnings.filterwarnings("ignore", module=r"pydicom(\..*)?")
     pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
     pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
-    pynetdicom_config.STORE_RECV_CHUNKED_DATASET = False
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     scheduler_log = logging.getLogger("apscheduler.scheduler")
@@ -226,7 +225,8 @@ def build_http_app(core: Core, metrics: NodeMetrics, system: NodeState) -> FastA
         blobs=core.blobs,
         ingestor=core.ingestor,
         settings=settings,
-        spool_dir=settings.spool_dir or core.settings.data_dir / "spool",
+        spool_dir=core.settings.spool_root,
+        spool_threshold=core.settings.spool_threshold,
     )
     labels = build_label_source(core.report_intake.tasks)
     cohorts = Cohorts(core.db, core.settings.export, labels)

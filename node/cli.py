@@ -287,17 +287,24 @@ def verify(
     ] = False,
     repair: Annotated[
         bool,
-        typer.Option(help="Remove orphan blobs and stale temporary files (older than --grace)."),
+        typer.Option(
+            help=(
+                "Remove orphan blobs and stale temporary files (older than --grace), and "
+                "spool files left by a node process that is gone."
+            )
+        ),
     ] = False,
     grace: Annotated[
         float, typer.Option(help="Seconds after which an unreferenced file counts as debris.")
     ] = 600.0,
 ) -> None:
-    """Check that every indexed instance's blob is there and intact; find crash debris.
+    """Check that every indexed instance's blob is there and intact; find crash debris
+    (orphan blobs, unfinished writes, spool files of a node process that died).
 
     Works while the node runs. Exits with status 1 if a problem remains.
     """
     from ingest import integrity
+    from ingest.spool import leftovers
     from node.app import build_core
 
     settings = cli_settings(config, data_dir=data_dir, database_url=database_url)
@@ -317,6 +324,13 @@ def verify(
         removed = integrity.repair(report, core.blobs) if repair else 0
     finally:
         core.close()
+    spooled = leftovers(settings.spool_root)
+    for path in spooled:
+        out.print(f"spool leftover: {path}", highlight=False, soft_wrap=True)
+        if repair:
+            path.unlink(missing_ok=True)
+    if repair and spooled:
+        out.print(f"removed {len(spooled):,} leftover spool files")
     out.print(f"{report.instances:,} instances and {report.blobs:,} blobs checked")
     for kind in integrity.ProblemKind:
         for problem in report.of(kind):
@@ -328,7 +342,7 @@ def verify(
         for p in report.problems
         if not repair or p.kind in (integrity.ProblemKind.MISSING, integrity.ProblemKind.CORRUPT)
     ]
-    if unrepaired:
+    if unrepaired or (spooled and not repair):
         raise typer.Exit(1)
 
 

@@ -33,7 +33,7 @@ from pynetdicom.utils import make_target
 from audit import AuditTrail
 from config import Settings
 from ingest import Ingestor
-from scp import find, handlers, retrieve, tls
+from scp import find, handlers, receive, retrieve, tls
 from scp.audit import DimseAudit
 from scp.commitment import StorageCommitmentSCP
 from scp.peers import Peers
@@ -79,6 +79,7 @@ class DicomServer:
         self.settings = settings
         self.ae = build_ae(settings)
         self._server_class = ReusePortServer if reuse_port else ThreadedAssociationServer
+        receive.install(settings.spool_root, settings.spool_threshold)
         self.peers = Peers(settings, shared)
         self.audit = DimseAudit(audit)
         self.commitment = StorageCommitmentSCP(ingestor, settings, self.peers)
@@ -106,6 +107,8 @@ class DicomServer:
             (evt.EVT_RELEASED, handlers.handle_released),
             (evt.EVT_ABORTED, handlers.handle_aborted),
             (evt.EVT_ABORTED, self._aborted),
+            (evt.EVT_ABORTED, handlers.handle_closed),
+            (evt.EVT_CONN_CLOSE, handlers.handle_closed),
         ]
         if shared is not None:  # the other workers see a slot free at once
             self._handlers.append((evt.EVT_CONN_CLOSE, self.peers.refresh))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import cast
 
 from pydicom.dataset import Dataset
@@ -11,6 +12,8 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
 from ingest import Expected, Ingestor, Source
+from ingest.spooled import Spooled
+from scp import receive
 from scp.audit import DimseAudit
 from scp.peers import Peers, log_rejection
 from scp.status import store_response
@@ -45,8 +48,24 @@ def handle_store(event: Event, ingestor: Ingestor, peers: Peers) -> Dataset:
         sop_class_uid=str(request.AffectedSOPClassUID or "") or None,
         sop_instance_uid=str(request.AffectedSOPInstanceUID or "") or None,
     )
-    result = ingestor.accept(event.encoded_dataset(), source, expected)
+    buffer = receive.take(_dataset_path(event))
+    if buffer is None:  # receive.install() not called: pynetdicom held it in memory
+        return store_response(ingestor.accept(event.encoded_dataset(), source, expected))
+    try:
+        if buffer.spool is not None:
+            result = ingestor.accept_received(Spooled(buffer.spool), source, expected)
+        else:
+            result = ingestor.accept(buffer.getvalue(), source, expected)
+    finally:
+        buffer.close()  # the spool goes whatever the outcome (an exception included)
     return store_response(result)
+
+
+def _dataset_path(event: Event) -> Path | None:
+    try:
+        return event.dataset_path
+    except AttributeError:
+        return None
 
 
 def handle_accepted(event: Event, audit: DimseAudit) -> None:
@@ -87,3 +106,8 @@ def handle_released(event: Event) -> None:
 
 def handle_aborted(event: Event) -> None:
     log.warning("association with %s aborted", source_of(event.assoc).remote)
+
+
+def handle_closed(event: Event) -> None:
+    """``evt.EVT_CONN_CLOSE``: drop the spool of a data set cut off mid-transfer."""
+    receive.discard_partial(event.assoc)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
@@ -41,6 +41,12 @@ class BlobStore(Protocol):
 
     def put(self, data: bytes) -> BlobRef:
         """Store ``data`` under a new key; raise :class:`StorageError` if it cannot."""
+        ...
+
+    def put_stream(self, chunks: Iterable[bytes]) -> BlobRef:
+        """Store the concatenation of ``chunks`` (a large instance, never whole in memory)
+        under a new key, as :meth:`put` does. An exception raised by ``chunks`` stores
+        nothing and is raised again."""
         ...
 
     def open(self, key: str) -> BinaryIO:

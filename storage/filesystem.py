@@ -13,7 +13,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -48,17 +48,25 @@ class FilesystemBlobStore:
         return self.root / key[:2] / key[2:4] / f"{key}{_SUFFIX}"
 
     def put(self, data: bytes) -> BlobRef:
+        return self.put_stream((data,))
+
+    def put_stream(self, chunks: Iterable[bytes]) -> BlobRef:
         key = uuid.uuid4().hex
         target = self.path_of(key)
         temp = target.with_name(f"{TEMP_PREFIX}{key}")
+        digest = hashlib.sha256()
+        size = 0
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
             try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
+                for chunk in chunks:
+                    digest.update(chunk)
+                    size += len(chunk)
+                    view = memoryview(chunk)
+                    while view:
+                        written = os.write(fd, view)
+                        view = view[written:]
                 if self.fsync:
                     os.fsync(fd)
             finally:
@@ -70,7 +78,11 @@ class FilesystemBlobStore:
             with contextlib.suppress(OSError):
                 temp.unlink()
             raise StorageError(exc.errno, f"cannot write blob: {exc.strerror}") from exc
-        return BlobRef(key=key, sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+            raise
+        return BlobRef(key=key, sha256=digest.hexdigest(), size=size)
 
     def open(self, key: str) -> BinaryIO:
         try:

@@ -19,7 +19,7 @@ import io
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, BinaryIO, cast
 
 from boto3.exceptions import Boto3Error
@@ -110,14 +110,18 @@ class S3BlobStore:
             raise self._error("cannot reach the blob store", exc) from exc
 
     def put(self, data: bytes) -> BlobRef:
+        return self.put_stream((data,))
+
+    def put_stream(self, chunks: Iterable[bytes]) -> BlobRef:
         key = uuid.uuid4().hex
+        source = _Chunks(chunks)
         try:
             self.client.upload_fileobj(
-                io.BytesIO(data), self.bucket, self._name(key), Config=self.transfer
+                io.BufferedReader(source, MIB), self.bucket, self._name(key), Config=self.transfer
             )
         except _ERRORS as exc:
             raise self._error("cannot write blob", exc) from exc
-        return BlobRef(key=key, sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+        return BlobRef(key=key, sha256=source.digest.hexdigest(), size=source.size)
 
     def open(self, key: str) -> BinaryIO:
         try:
@@ -220,3 +224,29 @@ class _Body(io.RawIOBase):
         if not self.closed:
             self._body.close()
         super().close()
+
+
+class _Chunks(io.RawIOBase):
+    """Chunks as a readable file for ``upload_fileobj``, hashed and counted as they go."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._pending = memoryview(b"")
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        while not self._pending:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self.digest.update(chunk)
+            self.size += len(chunk)
+            self._pending = memoryview(chunk)
+        count = min(len(buffer), len(self._pending))
+        buffer[:count] = self._pending[:count]
+        self._pending = self._pending[count:]
+        return count

@@ -224,11 +224,11 @@ def test_the_spool_keeps_no_plaintext_on_disk_and_reads_back_anywhere() -> None:
     with EncryptedSpool() as spool:
         for start in range(0, len(data), 1000):
             spool.write(data[start : start + 1000])
-        spool.rewind()
+        spool._file.flush()
         spool._file.seek(0)
         on_disk = spool._file.read()
         assert len(on_disk) == len(data) and b"CompressedSamples" not in on_disk
-        reader = io.BufferedReader(spool, 4096)
+        reader = spool.reader()
         for start, length in ((0, 132), (5, 17), (len(data) - 40, 100), (4095, 4098)):
             reader.seek(start)
             assert reader.read(length) == data[start : start + length]

@@ -9,6 +9,7 @@ store and moto that cuts every connection once a number of bytes went through.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import socket
@@ -129,6 +130,16 @@ def test_large_blob_takes_the_multipart_path(endpoint: str, bucket: str) -> None
     with store.open(ref.key) as blob:
         assert blob.read() == data
     assert list(store.stale_temporaries(0)) == []
+
+
+def test_put_stream_uploads_chunks_in_parts(endpoint: str, bucket: str) -> None:
+    store = S3BlobStore(bucket, client(endpoint), multipart_threshold=5 * MIB)
+    chunks = [os.urandom(MIB) for _ in range(12)]
+    ref = store.put_stream(iter(chunks))
+    data = b"".join(chunks)
+    assert (ref.size, ref.sha256) == (len(data), hashlib.sha256(data).hexdigest())
+    with store.open(ref.key) as blob:
+        assert blob.read() == data
 
 
 def test_missing_bucket_refuses_to_start(endpoint: str, tmp_path: Path) -> None:

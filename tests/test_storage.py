@@ -1,6 +1,7 @@
 import errno
 import hashlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,30 @@ def test_full_disk_raises_and_leaves_nothing(tiny_filesystem: Path) -> None:
     assert files == [store.path_of(kept.key)]
     with store.open(kept.key) as blob:
         assert blob.read() == b"x" * 1000
+
+
+def test_put_stream_stores_the_chunks_and_a_failing_source_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    store = FilesystemBlobStore(tmp_path)
+    chunks = [os.urandom(n) for n in (1, 70_000, 0, 1 << 20)]
+    ref = store.put_stream(iter(chunks))
+    data = b"".join(chunks)
+    assert (ref.size, ref.sha256) == (len(data), hashlib.sha256(data).hexdigest())
+    with store.open(ref.key) as blob:
+        assert blob.read() == data
+
+    def broken() -> Iterator[bytes]:
+        yield b"DICM" * 1000
+        raise OSError(errno.EIO, "the spool could not be read")
+
+    with pytest.raises(StorageError):
+        store.put_stream(broken())
+
+    def interrupted() -> Iterator[bytes]:
+        yield b"DICM" * 1000
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        store.put_stream(interrupted())
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == [store.path_of(ref.key)]
