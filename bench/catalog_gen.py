@@ -58,7 +58,7 @@ from config import Settings, load_settings
 from deid import Deidentifier
 from deid.pseudonym import Pseudonymizer
 from deid.secrets import load_secrets
-from ingest.identity import _add_binary_values
+from ingest.identity import binary_values
 from ingest.pipeline import parse
 from node.app import build_core
 from tests.synthetic import SyntheticSpec, make_instance
@@ -140,16 +140,6 @@ class StudyPlan:
     series_uids: tuple[str, ...] = field(default=())
 
 
-class _Recorder:
-    """Collects the bytes :func:`ingest.identity.content_sha256` hashes after the JSON."""
-
-    def __init__(self) -> None:
-        self.parts: list[bytes] = []
-
-    def update(self, data: bytes, /) -> None:
-        self.parts.append(data)
-
-
 def make_templates(deid: Deidentifier) -> dict[tuple[str, int], Template]:
     """One de-identified instance per (modality, series kind), from ``tests.synthetic``."""
     templates = {}
@@ -159,12 +149,10 @@ def make_templates(deid: Deidentifier) -> dict[tuple[str, int], Template]:
             buffer, make_instance(_SYNTHETIC, study=study, series=series), enforce_file_format=True
         )
         done = deid.deidentify(parse(buffer.getvalue()))
-        recorder = _Recorder()
-        _add_binary_values(done.dataset, recorder, ())
         out = io.BytesIO()
         dcmwrite(out, done.dataset, enforce_file_format=True)
         templates[(modality, series)] = Template(
-            done.dataset, done.method, done.flag, b"".join(recorder.parts), len(out.getvalue())
+            done.dataset, done.method, done.flag, binary_values(done.dataset), len(out.getvalue())
         )
     return templates
 

@@ -44,6 +44,19 @@ def content_sha256(dataset: Dataset, metadata_json: str, deferred: Deferred | No
     return digest.hexdigest()
 
 
+def binary_values(dataset: Dataset) -> bytes:
+    """What :func:`content_sha256` hashes after the DICOM JSON: ``sha256(json + this)`` is
+    the content hash (for a bulk generator that varies only the JSON of one data set)."""
+    parts: list[bytes] = []
+
+    class _Collect:
+        def update(self, data: bytes) -> None:
+            parts.append(bytes(data))
+
+    _add_binary_values(dataset, _Collect(), (), None)
+    return b"".join(parts)
+
+
 def _add_binary_values(
     dataset: Dataset, digest: _Digest, path: tuple[int, ...], deferred: Deferred | None
 ) -> None:

@@ -52,13 +52,16 @@ class ListenerError(RuntimeError):
         self.listener = listener
 
 
-def bind_tcp(host: str, port: int) -> socket.socket:
+def bind_tcp(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     """A TCP socket bound to ``host:port`` (IPv6 when ``host`` has a colon), as uvicorn binds
-    its own; ``OSError`` when the address cannot be had."""
+    its own; ``OSError`` when the address cannot be had. ``reuse_port``: with
+    ``SO_REUSEPORT``, so processes of this node can bind the same port (DICOM workers)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
     except OSError:
         sock.close()

@@ -35,6 +35,7 @@ from typing import Any
 
 from config import Settings
 from ingest import IngestResult, Outcome
+from node.listeners import bind_tcp
 from scp.slots import SharedSlots
 
 log = logging.getLogger(__name__)
@@ -58,20 +59,6 @@ ResultSink = Callable[[str, Outcome, float, int], None]
 
 class WorkerStartError(RuntimeError):
     """A DICOM worker could not start (the message says why)."""
-
-
-def reserve_port(host: str, port: int) -> socket.socket:
-    """Bind ``host:port`` with ``SO_REUSEPORT`` without listening (``OSError`` when taken)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 @dataclass
@@ -127,14 +114,16 @@ class WorkerPool:
 
     def start(self) -> None:
         """Reserve the DICOM port (``OSError`` when its address cannot be had)."""
-        self._reserved["dicom"] = reserve_port(self.settings.dicom_host, self.settings.dicom_port)
+        self._reserved["dicom"] = bind_tcp(
+            self.settings.dicom_host, self.settings.dicom_port, reuse_port=True
+        )
 
     def start_tls(self, timeout: float = START_TIMEOUT) -> None:
         """Reserve the DICOM TLS port, when configured (``OSError``), then start the workers
         and return once each listens (:class:`WorkerStartError` when one cannot)."""
         config = self.settings.dicom_tls
         if config.enabled:
-            self._reserved["tls"] = reserve_port(config.host, config.port)
+            self._reserved["tls"] = bind_tcp(config.host, config.port, reuse_port=True)
         for slot in range(self.count):
             self._spawn(slot)
         self._supervisor = threading.Thread(

@@ -79,7 +79,7 @@ class DicomServer:
         self.settings = settings
         self.ae = build_ae(settings)
         self._server_class = ReusePortServer if reuse_port else ThreadedAssociationServer
-        receive.install(settings.spool_root, settings.spool_threshold)
+        receive.install(self.ae, settings.spool_root, settings.spool_threshold)
         self.peers = Peers(settings, shared)
         self.audit = DimseAudit(audit)
         self.commitment = StorageCommitmentSCP(ingestor, settings, self.peers)

@@ -4,7 +4,7 @@ pynetdicom's chunked receive (``_config.STORE_RECV_CHUNKED_DATASET``) writes eac
 to a ``NamedTemporaryFile`` in the clear (PHI on disk before de-identification), and
 without it the whole data set is held in memory (a 1 GB instance: 1 GB, then more while
 it is parsed and encoded). pynetdicom decides which when the command set arrives, before
-the size is known, so the chunked receive is on and its file factory
+the size is known, so the chunked receive is on (for the node's own AEs only) and its file factory
 (``pynetdicom.dimse_messages.NamedTemporaryFile``, the only hook it has) is replaced by
 :class:`ReceiveBuffer`: bytes stay in memory up to a threshold, and beyond it everything
 goes to an :class:`ingest.spool.EncryptedSpool` in the spool folder (named, so ``pacsnode
@@ -18,19 +18,20 @@ from __future__ import annotations
 
 import io
 import threading
+import weakref
 from pathlib import Path
-from typing import Any
 
+from pynetdicom import AE, dimse_messages
 from pynetdicom import _config as pynetdicom_config
-from pynetdicom import dimse_messages
 from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
 
 from ingest.spool import EncryptedSpool, spool_path
 
 _SLICE = 1 << 20
 _live: dict[str, ReceiveBuffer] = {}
 _lock = threading.Lock()
-_settings: dict[str, Any] = {}
+_receivers: weakref.WeakKeyDictionary[AE, tuple[Path, int]] = weakref.WeakKeyDictionary()
 
 
 class ReceiveBuffer:
@@ -83,16 +84,43 @@ class ReceiveBuffer:
                 self.spool.close()
 
 
-def install(folder: Path, threshold: int) -> None:
-    """Make pynetdicom receive every C-STORE data set into a :class:`ReceiveBuffer`
-    (process-wide: the spool folder and threshold of the last call hold)."""
-    _settings.update(folder=folder, threshold=threshold)
-    pynetdicom_config.STORE_RECV_CHUNKED_DATASET = True
+def install(ae: AE, folder: Path, threshold: int) -> None:
+    """Make pynetdicom receive the C-STORE data sets of ``ae``'s associations into a
+    :class:`ReceiveBuffer` with that spool folder and threshold. Every other AE of the
+    process (a test's own receiver, say) keeps pynetdicom's default: the data set in memory,
+    read by its handlers through ``event.dataset``."""
+    with _lock:
+        _receivers[ae] = (folder, threshold)
+    pynetdicom_config.STORE_RECV_CHUNKED_DATASET = _CHUNKED  # type: ignore[assignment]
     dimse_messages.NamedTemporaryFile = _factory  # type: ignore[attr-defined,assignment]
 
 
+def _receiver() -> tuple[Path, int] | None:
+    """The spool folder and threshold of the association being decoded on this thread, if
+    its AE installed one: pynetdicom decodes P-DATA on the association's DUL thread."""
+    thread = threading.current_thread()
+    if not isinstance(thread, DULServiceProvider):
+        return None
+    with _lock:
+        return _receivers.get(thread.assoc.ae)
+
+
+class _ChunkedForInstalledAEs:
+    """pynetdicom's ``STORE_RECV_CHUNKED_DATASET``, which it tests once per C-STORE request
+    as it starts decoding one: true only for the associations of an installed AE."""
+
+    def __bool__(self) -> bool:
+        return _receiver() is not None
+
+
+_CHUNKED = _ChunkedForInstalledAEs()
+
+
 def _factory(*_args: object, **_kwargs: object) -> ReceiveBuffer:
-    return ReceiveBuffer(_settings["folder"], _settings["threshold"])
+    receiver = _receiver()
+    if receiver is None:  # the AE was collected between the test and now
+        raise RuntimeError("no spool for this association")
+    return ReceiveBuffer(*receiver)
 
 
 def take(path: Path | None) -> ReceiveBuffer | None:
