@@ -14,10 +14,7 @@ import io
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import Any, Literal
 
 from export.cohorts import FrozenCohort, FrozenSeries
 from export.writers.base import SeriesResult, series_folder
@@ -29,15 +26,20 @@ FILES_PARQUET = "manifest_files.parquet"
 DATASET_JSON = "dataset.json"
 
 
+ArrowType = Literal["string", "float64", "int64", "bool_"]
+"""A column's Parquet type, by the name of its pyarrow factory: pyarrow (about 30 MB
+resident) is imported only when a Parquet manifest is written, not by every node process."""
+
+
 @dataclass(frozen=True)
 class Column:
     name: str
-    type: pa.DataType
+    type: ArrowType
     description: str
 
 
 def _text(name: str, description: str) -> Column:
-    return Column(name, pa.string(), description)
+    return Column(name, "string", description)
 
 
 def primary_task(cohort: FrozenCohort) -> str | None:
@@ -57,7 +59,7 @@ def series_columns(cohort: FrozenCohort, format_name: str) -> list[Column]:
     columns = [
         _text("case_id", "pseudonymous patient ID (the case)"),
         _text("sex", "patient sex as stored: M, F, O or empty"),
-        Column("age", pa.float64(), "age in years at the exam"),
+        Column("age", "float64", "age in years at the exam"),
     ]
     if primary_task(cohort):
         columns += [
@@ -74,21 +76,21 @@ def series_columns(cohort: FrozenCohort, format_name: str) -> list[Column]:
         _text("series_description", "Series Description as stored"),
         _text("body_part", "Body Part Examined"),
         _text("institution", "institution, when de-identification retains it"),
-        Column("slice_thickness", pa.float64(), "Slice Thickness in mm"),
-        Column("instances", pa.int64(), "instances of the series in the cohort"),
+        Column("slice_thickness", "float64", "Slice Thickness in mm"),
+        Column("instances", "int64", "instances of the series in the cohort"),
     ]
     for task in cohort.label_schema:
         columns += [
             _text(task, f"class of task {task!r}, empty when the study has no label"),
             _text(f"{task}_meaning", "what the class means"),
-            Column(f"{task}_confidence", pa.float64(), "confidence of the derived label (0-1)"),
-            Column(f"{task}_reviewed", pa.bool_(), "a person confirmed the label"),
-            Column(f"{task}_overridden", pa.bool_(), "a person changed the derived label"),
+            Column(f"{task}_confidence", "float64", "confidence of the derived label (0-1)"),
+            Column(f"{task}_reviewed", "bool_", "a person confirmed the label"),
+            Column(f"{task}_overridden", "bool_", "a person changed the derived label"),
             _text(f"{task}_evidence", "the report phrase and rule the label came from"),
         ]
     columns += [
         _text("path", "the series' file (NIfTI) or folder (DICOM, PNG), relative"),
-        Column("files", pa.int64(), "files written for the series"),
+        Column("files", "int64", "files written for the series"),
         _text("status", "exported, partial (some instances left out) or skipped"),
         _text("skip_reason", "why the series, or some of its instances, were not converted"),
     ]
@@ -111,16 +113,16 @@ def file_columns(cohort: FrozenCohort, format_name: str) -> list[Column]:
         _text("study_uid", "de-identified Study Instance UID"),
         _text("series_uid", "de-identified Series Instance UID"),
         _text("sop_instance_uid", "de-identified SOP Instance UID"),
-        Column("instance_number", pa.int64(), "Instance Number"),
-        Column("frame", pa.int64(), "frame number of a multi-frame instance, else empty"),
+        Column("instance_number", "int64", "Instance Number"),
+        Column("frame", "int64", "frame number of a multi-frame instance, else empty"),
         _text("path", "file, relative to the export"),
         _text("sha256", "SHA-256 of the file"),
-        Column("size", pa.int64(), "bytes"),
+        Column("size", "int64", "bytes"),
     ]
     if format_name == "png":
         columns += [
-            Column("window_center", pa.float64(), "window center applied"),
-            Column("window_width", pa.float64(), "window width applied"),
+            Column("window_center", "float64", "window center applied"),
+            Column("window_width", "float64", "window width applied"),
         ]
     return columns
 
@@ -202,11 +204,15 @@ def to_csv(columns: Sequence[Column], rows: Sequence[Mapping[str, Any]]) -> byte
 
 
 def to_parquet(columns: Sequence[Column], rows: Sequence[Mapping[str, Any]]) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    types = {c.name: getattr(pa, c.type)() for c in columns}
     schema = pa.schema(
-        [pa.field(c.name, c.type, metadata={"description": c.description}) for c in columns]
+        [pa.field(c.name, types[c.name], metadata={"description": c.description}) for c in columns]
     )
     table = pa.table(
-        {c.name: pa.array([row.get(c.name) for row in rows], type=c.type) for c in columns},
+        {c.name: pa.array([row.get(c.name) for row in rows], type=types[c.name]) for c in columns},
         schema=schema,
     )
     sink = pa.BufferOutputStream()
