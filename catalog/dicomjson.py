@@ -18,7 +18,7 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from catalog.elements import element_of
+from catalog.elements import element_of, tag_of
 
 BULKDATA_THRESHOLD = 1024
 """Binary values longer than this many bytes become a BulkDataURI instead of InlineBinary."""
@@ -114,7 +114,7 @@ def raw_values(ds: Dataset, key: str | int) -> list[Any] | None:
 
     None when the element is absent, already converted, or needs pydicom to convert it.
     """
-    raw = ds.get_item(key)
+    raw = ds.get_item(tag_of(key))
     if not isinstance(raw, RawDataElement):
         return None
     read = _raw_json(raw, ds.original_encoding[1])

@@ -16,6 +16,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
 from catalog import dicomjson, extract, to_dicom_json
+from catalog.elements import tag_of
 from config import DeidSettings
 from deid import ProfileDeidentifier, Pseudonymizer
 from tests.dicom_bytes import PYDICOM_SAMPLES, part10
@@ -145,3 +146,10 @@ def test_text_elements_set_or_converted_are_what_pydicom_gives_them(
     deidentifier.deidentify(ct)
     as_json(ct)
     assert not dicomjson._PLAIN_TEXT_VRS.intersection(through_pydicom)
+
+
+def test_keywords_are_looked_up_without_pydicoms_tag_parsing() -> None:
+    assert tag_of("PatientID") == 0x00100020
+    assert tag_of(0x00100020) == 0x00100020
+    assert tag_of("00100020") == "00100020"  # not a keyword: pydicom reads it as hex
+    assert tag_of("NotAKeyword") == "NotAKeyword"  # pydicom's own error then
