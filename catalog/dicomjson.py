@@ -16,8 +16,9 @@ from typing import Any, Final
 from pydicom._dicom_dict import DicomDictionary
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 
-from catalog.elements import element_of
+from catalog.elements import element_of, tag_of
 
 BULKDATA_THRESHOLD = 1024
 """Binary values longer than this many bytes become a BulkDataURI instead of InlineBinary."""
@@ -113,7 +114,7 @@ def raw_values(ds: Dataset, key: str | int) -> list[Any] | None:
 
     None when the element is absent, already converted, or needs pydicom to convert it.
     """
-    raw = ds.get_item(key)
+    raw = ds.get_item(tag_of(key))
     if not isinstance(raw, RawDataElement):
         return None
     read = _raw_json(raw, ds.original_encoding[1])
@@ -171,6 +172,12 @@ _NUMBER_STRINGS: Final[dict[str, tuple[re.Pattern[str], Callable[[str], float | 
 
 
 def _element_json(element: DataElement, uri: str) -> dict[str, Any]:
+    value = element.value
+    if element.VR in _PLAIN_TEXT_VRS and (value is None or type(value) in _PLAIN_TEXT_TYPES):
+        # one text value, as de-identification sets dozens: what pydicom's to_json_dict
+        # gives it, without its several calls per element
+        return {"vr": element.VR, "Value": [value]} if value else {"vr": element.VR}
+
     def bulk_uri(_: DataElement) -> str:
         return uri
 
@@ -183,3 +190,8 @@ def _element_json(element: DataElement, uri: str) -> dict[str, Any]:
         # unusable value, as the file itself still holds it.
         return {"vr": element.VR}
     return converted
+
+
+_PLAIN_TEXT_VRS: Final = frozenset(_TEXT_SPLIT) - frozenset(_NUMBER_STRINGS)
+"""The VRs whose JSON value is the text itself (numbers and person names are converted)."""
+_PLAIN_TEXT_TYPES: Final = (str, UID)

@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
-from catalog.elements import element_of
+from catalog.elements import element_of, tag_of
 from deid.base import DeidRejectedError
 from deid.clean import TextCleaner, cleaner_for, identifier_tokens
 from deid.profile import Action, Profile
@@ -358,6 +358,7 @@ def text_of(ds: Dataset, tag: int | str) -> str:
     more than the rest of its de-identification, and its bytes could no longer be copied
     as they came when the instance is written (see ``ingest/encoding.py``).
     """
+    tag = tag_of(tag)
     try:
         raw = ds.get_item(tag)
     except Exception:

@@ -21,6 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element, write_file_meta_info
 from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence as PydicomSequence
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
@@ -125,13 +126,90 @@ def _body(
         if run_end:
             parts.append((run_start, run_end))
             run_start = run_end = 0
-        simple = _simple_element(element, little, implicit)
-        if simple is None:
-            write_data_element(written, element, encoding)
-        else:
-            written.write(simple)
+        _write(written, element, encoding, little, implicit)
     parts.extend(((run_start, run_end), written.getvalue()))
     return parts
+
+
+def _write(
+    out: DicomBytesIO,
+    element: DataElement | RawDataElement,
+    encoding: str | list[str],
+    little: bool,
+    implicit: bool,
+) -> None:
+    """Write a changed element: the common kinds and sequences here, the rest by pydicom."""
+    written = _simple_element(element, little, implicit)
+    if written is None and element.VR == "SQ" and isinstance(element, DataElement):
+        written = _sequence(element, encoding, little, implicit)
+    if written is None:
+        write_data_element(out, element, encoding)
+    else:
+        out.write(written)
+
+
+def _sequence(
+    element: DataElement, encoding: str | list[str], little: bool, implicit: bool
+) -> bytes | None:
+    """A sequence as pydicom's writer gives it, with each item's unchanged (raw) elements
+    copied from their received bytes: de-identification converts every sequence it walks,
+    and writing each of their elements through pydicom cost more than the rest of the
+    encoding. None when pydicom would correct an item's elements first (an item read in
+    another encoding, or made here with an ambiguous VR such as "US or SS")."""
+    value = element.value
+    if not isinstance(value, PydicomSequence):
+        return None
+    order = "<" if little else ">"
+    items = []
+    for item in value:
+        # an item pydicom's write_dataset would first correct (converting raw elements)
+        corrected = item.original_encoding != (implicit, little) or (
+            item.original_character_set != item._character_set
+        )
+        out = _buffer(little, implicit)
+        item_encoding = item.get("SpecificCharacterSet", encoding)
+        for tag in sorted(item.keys()):
+            if tag.element == 0 and tag.group > 6:
+                continue  # retired group lengths are not written (PS3.5 7.2)
+            inner = element_of(item, tag)
+            if corrected and (isinstance(inner, RawDataElement) or len(inner.VR or "") != 2):
+                return None
+            if isinstance(inner, RawDataElement):
+                raw = _raw_element(inner, order, implicit)
+                if raw is None:
+                    return None
+                out.write(raw)
+            else:
+                _write(out, inner, item_encoding, little, implicit)
+        body = out.getvalue()
+        if getattr(item, "is_undefined_length_sequence_item", False):
+            items.append(_ITEM[order] + b"\xff\xff\xff\xff" + body + _ITEM_END[order])
+        else:
+            items.append(_ITEM[order] + struct.pack(f"{order}L", len(body)) + body)
+    data = b"".join(items)
+    header = _tag_bytes(element, order) + (b"" if implicit else b"SQ\0\0")
+    if element.is_undefined_length:
+        return header + b"\xff\xff\xff\xff" + data + _SEQUENCE_END[order]
+    return header + struct.pack(f"{order}L", len(data)) + data
+
+
+def _raw_element(element: RawDataElement, order: str, implicit: bool) -> bytes | None:
+    """A still-raw element as pydicom's writer gives it (its value as read), or None for
+    those it writes otherwise (deferred, undefined length, too long for its VR)."""
+    data = element.value
+    if data is None or element.length == _UNDEFINED_LENGTH:
+        return None
+    tag = _tag_bytes(element, order)
+    if implicit:
+        return tag + struct.pack(f"{order}L", len(data)) + data
+    vr = element.VR
+    if vr is None or len(vr) != 2:
+        return None
+    if vr in EXPLICIT_VR_LENGTH_32:
+        return tag + vr.encode("ascii") + struct.pack(f"{order}HL", 0, len(data)) + data
+    if len(data) > 0xFFFF:
+        return None  # pydicom writes it as UN (PS3.5 6.2.2)
+    return tag + vr.encode("ascii") + struct.pack(f"{order}H", len(data)) + data
 
 
 def _simple_element(
@@ -165,7 +243,7 @@ def _simple_element(
     else:
         return None
     order = "<" if little else ">"
-    tag = struct.pack(f"{order}HH", element.tag >> 16, element.tag & 0xFFFF)
+    tag = _tag_bytes(element, order)
     if implicit:
         return tag + struct.pack(f"{order}L", len(data)) + data
     if vr in EXPLICIT_VR_LENGTH_32:
@@ -192,6 +270,13 @@ _NUMBER_FORMATS: Final = {
     "FD": ("d", (int, float)),
 }
 _VR_BYTES: Final = {vr: vr.encode("ascii") for vr in [*_TEXT_PAD, *_NUMBER_FORMATS]}
+_ITEM: Final = {"<": b"\xfe\xff\x00\xe0", ">": b"\xff\xfe\xe0\x00"}
+_ITEM_END: Final = {"<": b"\xfe\xff\x0d\xe0\0\0\0\0", ">": b"\xff\xfe\xe0\x0d\0\0\0\0"}
+_SEQUENCE_END: Final = {"<": b"\xfe\xff\xdd\xe0\0\0\0\0", ">": b"\xff\xfe\xe0\xdd\0\0\0\0"}
+
+
+def _tag_bytes(element: DataElement | RawDataElement, order: str) -> bytes:
+    return struct.pack(f"{order}HH", element.tag >> 16, element.tag & 0xFFFF)
 
 
 def _buffer(little_endian: bool, implicit_vr: bool) -> DicomBytesIO:

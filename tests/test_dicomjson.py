@@ -12,9 +12,11 @@ from typing import Any
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_charset_files, get_testdata_file
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
 from catalog import dicomjson, extract, to_dicom_json
+from catalog.elements import tag_of
 from config import DeidSettings
 from deid import ProfileDeidentifier, Pseudonymizer
 from tests.dicom_bytes import PYDICOM_SAMPLES, part10
@@ -110,3 +112,44 @@ def test_json_from_bytes_equals_pydicoms_conversion(
     ct = dcmread(BytesIO(Path(get_testdata_file("CT_small.dcm")).read_bytes()))
     as_json(ct)
     assert len(through_pydicom) < len(ct) / 3
+
+
+def test_text_elements_set_or_converted_are_what_pydicom_gives_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A text element de-identification set (or pydicom converted) skips pydicom's
+    ``to_json_dict``, with the same JSON."""
+    original = DataElement.to_json_dict
+    deidentifier = ProfileDeidentifier(
+        DeidSettings(burned_in_policy="accept_flagged"), Pseudonymizer(b"k" * 32), vault=None
+    )
+    checked = 0
+    for name, raw in _sources(tmp_path):
+        for deidentify in (False, True):
+            ds = dcmread(BytesIO(raw))
+            if deidentify:
+                deidentifier.deidentify(ds)
+            for element in converted(ds).iterall():
+                if element.VR in dicomjson._PLAIN_TEXT_VRS:
+                    expected = original(element, lambda _: "u", dicomjson.BULKDATA_THRESHOLD)
+                    assert dicomjson._element_json(element, "u") == expected, (name, element)
+                    checked += 1
+    assert checked > 1000
+    through_pydicom: list[str] = []
+
+    def counting(element: DataElement, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        through_pydicom.append(element.VR)
+        return original(element, *args, **kwargs)
+
+    monkeypatch.setattr(DataElement, "to_json_dict", counting)
+    ct = dcmread(BytesIO(Path(get_testdata_file("CT_small.dcm")).read_bytes()))
+    deidentifier.deidentify(ct)
+    as_json(ct)
+    assert not dicomjson._PLAIN_TEXT_VRS.intersection(through_pydicom)
+
+
+def test_keywords_are_looked_up_without_pydicoms_tag_parsing() -> None:
+    assert tag_of("PatientID") == 0x00100020
+    assert tag_of(0x00100020) == 0x00100020
+    assert tag_of("00100020") == "00100020"  # not a keyword: pydicom reads it as hex
+    assert tag_of("NotAKeyword") == "NotAKeyword"  # pydicom's own error then

@@ -56,7 +56,7 @@ def test_spliced_files_equal_what_pydicom_writes(
         original_writer(out, element, *args)
 
     monkeypatch.setattr(encoding, "write_data_element", counting_writer)
-    checked = elements = copied = 0
+    checked = elements = copied = sequences = sequences_by_pydicom = 0
     for name, raw in _sources(tmp_path):
         ds = _deidentified(raw)
         written_one_by_one.clear()
@@ -68,9 +68,15 @@ def test_spliced_files_equal_what_pydicom_writes(
             assert 0x7FE00010 not in written_one_by_one, name
             elements += len(ds)
             copied += len(ds) - len(written_one_by_one)
+            # and sequences (de-identification converts each) keep their items' raw bytes
+            in_sequences = {tag for tag in ds.keys() if ds[tag].VR == "SQ"}  # noqa: SIM118
+            sequences += len(in_sequences)
+            sequences_by_pydicom += len(in_sequences.intersection(written_one_by_one))
         checked += 1
     assert checked > 20
     assert copied > elements / 2
+    assert sequences > 20
+    assert sequences_by_pydicom < sequences / 10
 
 
 def test_a_stream_that_does_not_match_the_data_set_is_not_copied() -> None:
